@@ -1,0 +1,77 @@
+"""lazylab: lazy training vs feature learning in PyTorch.
+
+The public API is flat: every name below is importable as ``lazylab.<name>``. Names are
+resolved lazily (PEP 562) so ``import lazylab`` stays cheap and the lab layer (pandas, dask,
+matplotlib) is only imported when one of its names is used.
+
+Library (tensor in, tensor out):
+    lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
+    TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
+    train, History                              the trainer                  (lazylab.train)
+    ntk                                         empirical NTK                (lazylab.ntk)
+    kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
+    diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnose)
+Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
+lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
+
+Lab (experiments, files, CLI):
+    load_results, run_experiment, list_experiments   (lazylab.lab)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # regimes
+    "lazy": "lazylab.regimes",
+    "linearize": "lazylab.regimes",
+    "random_features": "lazylab.regimes",
+    "Lazy": "lazylab.regimes",
+    "Linearized": "lazylab.regimes",
+    # models
+    "TwoLayerNet": "lazylab.models",
+    "MLP": "lazylab.models",
+    "SmallCNN": "lazylab.models",
+    "vgg11": "lazylab.models",
+    "resnet18": "lazylab.models",
+    # training
+    "train": "lazylab.train",
+    "History": "lazylab.train",
+    # kernels
+    "ntk": "lazylab.ntk",
+    "kernel_regression": "lazylab.kernel_methods",
+    "gradient_flow": "lazylab.kernel_methods",
+    "max_stable_lr": "lazylab.kernel_methods",
+    # diagnostics
+    "diagnose": "lazylab.diagnose",
+    "alpha_crossover": "lazylab.diagnose",
+    # lab
+    "load_results": "lazylab.lab",
+    "run_experiment": "lazylab.lab",
+    "list_experiments": "lazylab.lab",
+}
+
+_SUBMODULES = {
+    "regimes", "models", "train", "track", "ntk", "kernels", "kernel_methods", "metrics",
+    "attacks", "tensor", "data", "diagnose", "lab",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lazylab.{name}")
+    raise AttributeError(f"module 'lazylab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -1,0 +1,244 @@
+"""The experiment registry: what an experiment is, and the table of known ones.
+
+An :class:`Experiment` bundles
+
+* ``config`` — a ``@dataclass`` type with typed defaults (one field must be ``seed: int``),
+* ``presets`` — named overrides (``Preset.set``) and grids (``Preset.sweep``); at least ``quick``
+  (minutes on 2 CPU cores) and ``paper`` (the paper's own sizes),
+* ``run_cell(cfg, ctx) -> list[dict]`` — runs ONE cell of the grid (a fully resolved config) and
+  returns flat records (str/int/float/bool/None values, optionally a ``"step"`` key),
+* ``report(df, base_cfg) -> Report`` — turns all records (one row per record, config columns
+  included) into metrics, checks against the paper/theory, figures, a table and notes.
+
+Experiment modules live in ``lazylab/lab/experiments/<name>.py`` and call
+``register(Experiment(...))`` at import. The registry imports every module of the package
+``lazylab.lab.experiments`` (via :mod:`pkgutil`) on the first lookup, so a new module needs no
+other edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import matplotlib.figure
+    import pandas as pd
+
+__all__ = [
+    "Check",
+    "Experiment",
+    "Preset",
+    "Report",
+    "RunContext",
+    "UnknownExperimentError",
+    "check",
+    "get_experiment",
+    "list_experiments",
+    "register",
+]
+
+REQUIRED_PRESETS = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Named config overrides.
+
+    ``set``: field -> value applied over the config defaults.
+    ``sweep``: field -> list of values; the cartesian product of all lists is the grid of cells.
+    """
+
+    set: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class Check:
+    """A measured number compared with the paper's or the theory's value.
+
+    ``target`` is a number or a description such as ``"< 0.1"``; ``tolerance`` says how close
+    counts as agreement (e.g. ``"±10 %"``); ``passed`` is the verdict.
+    """
+
+    name: str
+    value: float
+    target: str | float
+    passed: bool
+    tolerance: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": _plain(self.value),
+            "target": _plain(self.target),
+            "passed": bool(self.passed),
+            "tolerance": self.tolerance,
+        }
+
+
+def check(
+    name: str, value: float, target: float, *, rtol: float | None = None,
+    atol: float | None = None, op: str | None = None,
+) -> Check:
+    """Convenience constructor for a :class:`Check`.
+
+    With ``op`` in ``{"<", "<=", ">", ">="}``: passes iff ``value op target``.
+    Otherwise passes iff ``|value - target| <= atol + rtol * |target|`` (missing tolerances are 0;
+    at least one must be given).
+    """
+    value = float(value)
+    if op is not None:
+        ops = {"<": value < target, "<=": value <= target, ">": value > target,
+               ">=": value >= target}
+        if op not in ops:
+            raise ValueError(f"check(op=...) must be one of {sorted(ops)}, got {op!r}")
+        return Check(name, value, f"{op} {target:g}", bool(ops[op]), "")
+    if rtol is None and atol is None:
+        raise ValueError("check() needs rtol=, atol= or op=")
+    r, a = rtol or 0.0, atol or 0.0
+    passed = abs(value - target) <= a + r * abs(target)
+    tol = " + ".join(s for s in (f"±{r:.0%}" if r else "", f"±{a:g}" if a else "") if s)
+    return Check(name, value, float(target), bool(passed), tol)
+
+
+@dataclass
+class Report:
+    """What an experiment's ``report`` returns.
+
+    ``figures`` maps a name to a matplotlib Figure (saved as ``figures/<name>.png``);
+    ``table`` a DataFrame rendered as markdown; ``notes`` markdown (theory source, caveats).
+    """
+
+    metrics: dict[str, float]
+    checks: list[Check]
+    figures: dict[str, matplotlib.figure.Figure]
+    table: pd.DataFrame | None = None
+    notes: str = ""
+
+
+@dataclass
+class RunContext:
+    """What the lab hands to ``run_cell`` besides the config.
+
+    ``device``: where to build tensors/models (``"cpu"`` or ``"cuda"``).
+    ``progress``: whether to show progress bars inside the cell.
+    """
+
+    device: str = "cpu"
+    progress: bool = True
+
+    def bar(self, iterable: Iterable | None = None, total: int | None = None,
+            desc: str | None = None):
+        """A tqdm bar over ``iterable`` inside a cell (disabled when ``progress`` is False)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, disable=not self.progress, leave=False,
+                    file=sys.stderr, dynamic_ncols=True)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One reproducible experiment (see the module docstring)."""
+
+    name: str
+    description: str
+    config: type
+    presets: dict[str, Preset]
+    run_cell: Callable[[Any, RunContext], list[dict]]
+    report: Callable[[pd.DataFrame, Any], Report]
+
+    def config_fields(self) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(self.config)}
+
+
+class UnknownExperimentError(KeyError):
+    """Raised by :func:`get_experiment` for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_DISCOVERED = False
+
+
+def register(exp: Experiment) -> Experiment:
+    """Add ``exp`` to the registry and return it.
+
+    Raises ValueError on a duplicate name or missing ``quick``/``paper`` preset, TypeError when
+    ``config`` is not a dataclass with an ``int`` field ``seed``. Preset keys are validated
+    against the config fields.
+    """
+    if not isinstance(exp, Experiment):
+        raise TypeError(f"register() expects an Experiment, got {type(exp).__name__}")
+    if not exp.name or not isinstance(exp.name, str):
+        raise ValueError("Experiment.name must be a non-empty string")
+    if exp.name in _REGISTRY and _REGISTRY[exp.name] is not exp:
+        raise ValueError(f"an experiment named {exp.name!r} is already registered")
+    if not (isinstance(exp.config, type) and dataclasses.is_dataclass(exp.config)):
+        raise TypeError(f"Experiment {exp.name!r}: config must be a @dataclass type")
+    fields = exp.config_fields()
+    if "seed" not in fields:
+        raise TypeError(f"Experiment {exp.name!r}: config {exp.config.__name__} needs a field "
+                        "`seed: int`")
+    missing = [p for p in REQUIRED_PRESETS if p not in exp.presets]
+    if missing:
+        raise ValueError(f"Experiment {exp.name!r}: missing preset(s) {missing}; "
+                         f"required: {list(REQUIRED_PRESETS)}")
+    for pname, preset in exp.presets.items():
+        bad = [k for k in (*preset.set, *preset.sweep) if k not in fields]
+        if bad:
+            raise ValueError(f"Experiment {exp.name!r}, preset {pname!r}: unknown config key(s) "
+                             f"{bad}; valid keys: {sorted(fields)}")
+        empty = [k for k, v in preset.sweep.items() if len(list(v)) == 0]
+        if empty:
+            raise ValueError(f"Experiment {exp.name!r}, preset {pname!r}: empty sweep for {empty}")
+    _REGISTRY[exp.name] = exp
+    return exp
+
+
+def _discover() -> None:
+    """Import every module of ``lazylab.lab.experiments`` once (each registers itself)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    pkg = importlib.import_module("lazylab.lab.experiments")
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def get_experiment(name: str) -> Experiment:
+    """The registered experiment ``name``.
+
+    Raises UnknownExperimentError (a KeyError) listing the known names otherwise.
+    """
+    _discover()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise UnknownExperimentError(f"unknown experiment {name!r}; known experiments: {known}")
+    return _REGISTRY[name]
+
+
+def list_experiments() -> list[Experiment]:
+    """All registered experiments, sorted by name."""
+    _discover()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def _plain(v: Any) -> Any:
+    """numpy/torch scalars -> Python scalars (for JSON)."""
+    if hasattr(v, "item") and callable(v.item):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            return v
+    return v

@@ -1,0 +1,275 @@
+"""Executors: where the cells of a sweep run.
+
+* ``local`` with ``workers=1`` — in the client process, one cell after the other.
+* ``local`` with ``workers=N>1`` — a :class:`concurrent.futures.ProcessPoolExecutor` of N
+  processes started with the ``spawn`` context (forking a process that holds torch state is
+  unsafe); each worker uses one torch thread.
+* ``dask`` — a fresh ``distributed.LocalCluster(n_workers=N, threads_per_worker=1,
+  processes=True)``.
+* ``dask://HOST:PORT`` — an existing Dask scheduler (``dask scheduler`` + ``dask worker``
+  processes on any machines with lazylab installed); the connection fails fast.
+
+Every executor yields ``(cell, result)`` pairs *as they complete*; the result carries the
+records, which the client alone writes to the store (no shared file system is needed).
+A cell is a pure function of its config: :func:`execute_cell` seeds ``random``, ``numpy`` and
+``torch`` with the cell's ``seed`` before calling the experiment's ``run_cell``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from lazylab.lab.sweep import Cell
+
+__all__ = [
+    "CellError",
+    "DaskExecutor",
+    "Executor",
+    "LocalExecutor",
+    "execute_cell",
+    "make_executor",
+    "validate_records",
+]
+
+DASK_CONNECT_TIMEOUT_S = 5.0
+
+
+class CellError(RuntimeError):
+    """A cell's ``run_cell`` raised; carries the cell and the original error text."""
+
+    def __init__(self, cell: Cell, error: BaseException):
+        self.cell = cell
+        self.error = error
+        super().__init__(f"cell {cell.index} ({cell.label()}, id {cell.id}) failed: "
+                         f"{type(error).__name__}: {error}")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, bool, int)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
+        return _plain(v.item())
+    return v
+
+
+def validate_records(records: Any, experiment: str) -> list[dict[str, Any]]:
+    """Check that ``records`` is a list of flat dicts of str/int/float/bool/None.
+
+    numpy/torch scalars are converted to Python scalars. Raises TypeError naming the experiment,
+    the record index and the offending key otherwise. ``"step"``, when present, must be an int.
+    """
+    if not isinstance(records, list):
+        raise TypeError(f"{experiment}.run_cell must return a list of dicts, got "
+                        f"{type(records).__name__}")
+    out = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise TypeError(f"{experiment}.run_cell record {i}: expected a dict, got "
+                            f"{type(rec).__name__}")
+        clean = {}
+        for k, v in rec.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{experiment}.run_cell record {i}: keys must be str, got {k!r}")
+            pv = _plain(v)
+            if not (pv is None or isinstance(pv, (str, bool, int, float))):
+                raise TypeError(f"{experiment}.run_cell record {i}, key {k!r}: values must be "
+                                f"str/int/float/bool/None, got {type(v).__name__}")
+            clean[k] = pv
+        if "step" in clean and clean["step"] is not None and (
+                isinstance(clean["step"], bool) or not isinstance(clean["step"], int)):
+            raise TypeError(f"{experiment}.run_cell record {i}: 'step' must be an int")
+        out.append(clean)
+    return out
+
+
+def execute_cell(experiment: str, module: str | None, config: dict[str, Any], device: str,
+                 progress: bool, single_thread: bool) -> dict[str, Any]:
+    """Run one cell (in any process) and return ``{"records", "started", "finished", "pid",
+    "host"}``.
+
+    Imports ``module`` (the experiment's module, so experiments outside the package work in
+    worker processes), builds the typed config, seeds ``random``/``numpy``/``torch`` with
+    ``config["seed"]`` and calls ``run_cell(cfg, RunContext(device, progress))``.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    from lazylab.lab.config import make_config
+    from lazylab.lab.registry import RunContext, get_experiment
+
+    if single_thread:
+        torch.set_num_threads(1)
+    if module and module not in ("__main__", "__mp_main__"):
+        importlib.import_module(module)
+    exp = get_experiment(experiment)
+    cfg = make_config(exp.config, config)
+    seed = int(cfg.seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    started = time.time()
+    records = exp.run_cell(cfg, RunContext(device=device, progress=progress))
+    records = validate_records(records, experiment)
+    return {"records": records, "started": started, "finished": time.time(),
+            "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class Executor:
+    """Base class: ``run(...)`` yields ``(cell, result)`` as cells complete."""
+
+    name = "executor"
+    workers = 1
+
+    def run(self, experiment: str, module: str | None, cells: Sequence[Cell], device: str,
+            progress: bool) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """In-process (``workers=1``) or a spawn-context process pool (``workers>1``)."""
+
+    def __init__(self, workers: int = 1):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+        self.workers = workers
+        self.name = "local" if workers == 1 else f"local x{workers} processes"
+        self._pool = None
+
+    def run(self, experiment, module, cells, device, progress):
+        if self.workers == 1:
+            for cell in cells:
+                try:
+                    res = execute_cell(experiment, module, cell.config, device, progress, False)
+                except Exception as e:
+                    raise CellError(cell, e) from e
+                yield cell, res
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                         mp_context=mp.get_context("spawn"),
+                                         initializer=_worker_init)
+        futs = {self._pool.submit(execute_cell, experiment, module, c.config, device, False,
+                                  True): c for c in cells}
+        try:
+            for fut in as_completed(futs):
+                cell = futs[fut]
+                try:
+                    res = fut.result()
+                except Exception as e:
+                    raise CellError(cell, e) from e
+                yield cell, res
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskExecutor(Executor):
+    """A Dask ``LocalCluster`` (``address=None``) or an existing scheduler at ``address``.
+
+    The connection (or cluster start) happens in ``__init__``, so a bad address fails before
+    anything is written. ``timeout`` (s) bounds the connection attempt.
+    """
+
+    def __init__(self, address: str | None = None, workers: int = 1,
+                 timeout: float = DASK_CONNECT_TIMEOUT_S):
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        self.address = address
+        self.cluster = None
+        if address is None:
+            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+                raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                        processes=True, dashboard_address=None,
+                                        silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+            self.workers = workers
+            self.name = f"dask LocalCluster x{workers}"
+        else:
+            try:
+                self.client = Client(address, timeout=timeout)
+            except Exception as e:  # OSError / TimeoutError / CommClosedError ...
+                raise ConnectionError(f"--executor: could not connect to the Dask scheduler at "
+                                      f"{address} within {timeout:g} s ({type(e).__name__}: "
+                                      f"{e}); start one with `dask scheduler` and "
+                                      f"`dask worker {address}`") from None
+            self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+            self.name = f"dask {address} ({self.workers} workers)"
+
+    def run(self, experiment, module, cells, device, progress):
+        from distributed import as_completed
+
+        futs = {}
+        for c in cells:
+            f = self.client.submit(execute_cell, experiment, module, c.config, device, False,
+                                   True, key=f"lazylab-{experiment}-{c.id}-{time.time_ns()}",
+                                   pure=False)
+            futs[f.key] = (f, c)
+        try:
+            for fut in as_completed([f for f, _ in futs.values()]):
+                cell = futs[fut.key][1]
+                try:
+                    res = fut.result()
+                except Exception as e:
+                    raise CellError(cell, e) from e
+                yield cell, res
+        finally:
+            for f, _ in futs.values():
+                if not f.done():
+                    f.cancel()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def make_executor(spec: str = "local", workers: int = 1,
+                  timeout: float = DASK_CONNECT_TIMEOUT_S) -> Executor:
+    """``"local"`` | ``"dask"`` | ``"dask://HOST:PORT"`` (also ``tcp://HOST:PORT``) -> Executor."""
+    if spec == "local":
+        return LocalExecutor(workers)
+    if spec == "dask":
+        return DaskExecutor(None, workers, timeout)
+    if spec.startswith("dask://") or spec.startswith("tcp://"):
+        hostport = spec.split("://", 1)[1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--executor: expected dask://HOST:PORT, got {spec!r}")
+        return DaskExecutor(f"tcp://{hostport}", workers, timeout)
+    raise ValueError(f"--executor: expected 'local', 'dask' or 'dask://HOST:PORT', got {spec!r}")
+

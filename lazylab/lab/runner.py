@@ -1,0 +1,160 @@
+"""``run_experiment``: config -> grid -> executor -> store -> report (one ``lazylab run``).
+
+Everything that can be wrong with the request (unknown experiment or key, wrong type, empty
+sweep, unreachable Dask scheduler, a folder from another run) is checked BEFORE anything is
+written, so a bad command never touches an existing store.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lazylab.lab.config import ResolvedConfig, resolve
+from lazylab.lab.environment import collect_environment
+from lazylab.lab.executors import make_executor
+from lazylab.lab.registry import get_experiment
+from lazylab.lab.report import build_report
+from lazylab.lab.store import STORE_NAME, Store, atomic_write_text
+from lazylab.lab.sweep import Cell, grid
+
+__all__ = ["default_out", "plan", "run_experiment"]
+
+
+def default_out(name: str) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (UTC)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def plan(name: str, preset: str = "quick", set: dict | list | None = None,
+         sweep: dict | list | None = None) -> tuple[Any, ResolvedConfig, list[Cell]]:
+    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing."""
+    exp = get_experiment(name)
+    if preset not in exp.presets:
+        raise ValueError(f"--preset: experiment {name!r} has no preset {preset!r}; "
+                         f"presets: {', '.join(exp.presets)}")
+    resolved = resolve(exp.config, exp.presets[preset], set, sweep)
+    return exp, resolved, grid(resolved)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        return
+    raise ValueError(f"--device: expected 'cpu' or 'cuda', got {device!r}")
+
+
+def _config_yaml(exp: Any, preset: str, resolved: ResolvedConfig, n_cells: int) -> str:
+    import yaml
+
+    doc = {"experiment": exp.name, "preset": preset, "config": resolved.base,
+           "sweep": resolved.sweep, "cells": n_cells}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def run_experiment(
+    name: str,
+    preset: str = "quick",
+    set: dict | list | None = None,
+    sweep: dict | list | None = None,
+    out: str | os.PathLike | None = None,
+    executor: str = "local",
+    workers: int = 1,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    argv: list[str] | None = None,
+    echo: bool = True,
+) -> Path:
+    """Run (or with ``resume=True`` complete) experiment ``name``; return the path of report.md.
+
+    ``set``: config overrides (``["k=v", ...]`` or ``{k: v}``); ``sweep``: grid additions
+    (``["k=v1,v2", ...]`` or ``{k: [v1, v2]}``), combined with the preset's grid (these win on
+    the same key). ``out`` defaults to ``runs/NAME-<timestamp>``; without ``resume`` it must be
+    absent or empty. ``executor``: ``local`` | ``dask`` | ``dask://HOST:PORT``.
+    """
+    from tqdm.auto import tqdm
+
+    exp, resolved, cells = plan(name, preset, set, sweep)
+    _check_device(device)
+    out = Path(out) if out is not None else default_out(name)
+    store_path = out / STORE_NAME
+    existing = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    done: frozenset[str] = frozenset()
+    if resume and store_path.exists():
+        with Store.open_readonly(out) as st:
+            st.check_compatible(exp.name, preset, resolved.base, resolved.sweep)
+            done = frozenset(c for c, s in st.cell_status().items() if s == "done")
+    elif resume and existing:
+        raise ValueError(f"--resume: {out} is not empty but has no {STORE_NAME}; "
+                         "it is not a lazylab run folder")
+    elif existing:
+        raise FileExistsError(f"--out {out} already exists and is not empty; add --resume to "
+                              "finish its missing cells, or choose a new --out")
+    todo = [c for c in cells if c.id not in done]
+
+    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
+    with make_executor(executor, workers) as ex:  # connects first: fails before writing
+        if store_path.exists():
+            store = Store.open(out)
+        else:
+            store = Store.create(out, experiment=exp.name, preset=preset, config=resolved.base,
+                                 sweep=resolved.sweep, cells=cells, version=_lazylab_version())
+        try:
+            atomic_write_text(out / "config.yaml", _config_yaml(exp, preset, resolved, len(cells)))
+            seeds = sorted({c.config.get("seed") for c in cells})
+            env = collect_environment(device=device, seeds=seeds, executor=ex.name,
+                                      workers=ex.workers, argv=argv)
+            atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n")
+            say(f"lazylab: {exp.name} [{preset}] {len(cells)} cells, {len(done)} already done, "
+                f"{len(todo)} to run on {ex.name} -> {out}")
+            bar = tqdm(total=len(cells), initial=len(done), desc=exp.name, unit="cell",
+                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            try:
+                in_process = ex.workers == 1 and executor == "local"
+                for cell, res in ex.run(exp.name, exp.run_cell.__module__, todo, device,
+                                        progress and in_process):
+                    store.write_cell(cell.id, res["records"], started=res["started"],
+                                     finished=res["finished"], pid=res["pid"], host=res["host"])
+                    bar.update(1)
+                    say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: "
+                        f"{len(res['records'])} records, {res['finished'] - res['started']:.1f} s"
+                        + _last_summary(res["records"]))
+            finally:
+                bar.close()
+        finally:
+            store.close()
+    path = build_report(out)
+    if echo:
+        print(f"report: {path}")
+    return path
+
+
+def _last_summary(records: list[dict]) -> str:
+    """A few numbers of the last record, for the one-line cell summary."""
+    if not records:
+        return ""
+    last = records[-1]
+    items = [(k, v) for k, v in last.items() if isinstance(v, float)][:3]
+    return "".join(f", {k}={v:.4g}" for k, v in items)
+
+
+def _lazylab_version() -> str:
+    try:
+        from lazylab import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return ""

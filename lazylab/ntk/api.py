@@ -1,0 +1,248 @@
+"""``ntk()``: argument checks, method choice (cost model), tiling with symmetry, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lazylab.ntk.jacobian import OUTPUTS, JacobianEngine
+from lazylab.ntk.ntvp import NTVPEngine
+from lazylab.ntk.problem import Problem, build_problem
+from lazylab.ntk.structured import StructuredEngine
+
+METHODS = ("auto", "jacobian", "ntvp", "structured")
+MEMORY_BUDGET = 1 << 30  # bytes of per-tile features the default tiling aims for
+
+
+def _check_x(x: object, arg: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{arg} must have a batch dimension, got a scalar")
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"{arg} is an empty batch (shape {tuple(x.shape)}); need at least 1 example")
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{arg} contains NaN or inf values")
+    return x
+
+
+def _probe(problem: Problem, x: Tensor, arg: str) -> int:
+    """Run the model on two examples of ``x``; return the output dim or raise a ValueError."""
+    try:
+        with torch.no_grad():
+            out = problem.f(problem.params, x[:2])
+    except Exception as err:  # the model's own error, re-raised with the argument named
+        raise ValueError(
+            f"{arg} of shape {tuple(x.shape)} is incompatible with the model: "
+            f"{type(err).__name__}: {err}") from err
+    if out.shape[0] != x[:2].shape[0]:
+        raise ValueError(f"the model maps {arg}[:2] to {out.shape[0]} outputs rows; the NTK needs "
+                         "one output row per example (batch on axis 0)")
+    return out.shape[1]
+
+
+def _forward_flops(engine: StructuredEngine, problem: Problem) -> float:
+    """Multiply-adds of one forward pass per example (layer rules + the other parameters)."""
+    layer = sum(g.t * g.d_in * g.d_out for g in engine.groups)
+    rest = sum(problem.params[n].numel() for n in engine.rest)
+    return float(layer + rest)
+
+
+def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
+            symmetric: bool) -> str:
+    """The ``auto`` cost model (multiply-adds; see :func:`ntk`)."""
+    p = problem.n_params
+    fwd = _forward_flops(st, problem)
+    nf = n1 if symmetric else n1 + n2
+    pairs = n1 * n2 / (2.0 if symmetric else 1.0)
+    oo = o if output == "full" else 1
+    rest = sum(problem.params[n].numel() for n in st.rest)
+    cost = {
+        "jacobian": nf * o * (3 * fwd + 4 * p) + pairs * o * oo * p,
+        "ntvp": n2 * o * (n1 + n2) * 3 * fwd,
+        "structured": nf * o * (2 * fwd + 4 * rest) + pairs * (st.flops_per_entry() * oo
+                                                               + o * oo * rest),
+    }
+    if not st.groups:
+        del cost["structured"]
+    if p * o * 4 > MEMORY_BUDGET:  # one example's Jacobian does not fit: only products work
+        return "ntvp"
+    return min(cost, key=cost.get)
+
+
+def _default_block(method: str, problem: Problem, st: StructuredEngine | None, o: int,
+                   n: int) -> int:
+    item = torch.finfo(problem.dtype).bits // 8
+    if method == "structured" and st is not None:
+        per = sum(g.t * (g.d_in + o * g.d_out) if not g.explicit else o * g.d_in * g.d_out
+                  for g in st.groups)
+        per += sum(o * problem.params[k].numel() for k in st.rest)
+    elif method == "ntvp":
+        per = 4 * o * problem.n_params  # cotangents of one column batch, a few copies
+    else:
+        per = 2 * o * problem.n_params
+    return max(1, min(n, MEMORY_BUDGET // max(1, per * item)))
+
+
+def _tiles(n: int, b: int) -> list[slice]:
+    return [slice(i, min(i + b, n)) for i in range(0, n, b)]
+
+
+def ntk(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    *,
+    method: str = "auto",
+    output: str = "trace",
+    params: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
+    block_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    accumulate_dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
+
+    ``J(x) = d f(x) / d theta`` is the Jacobian of the model output (``(N, O)``, or ``(N,)`` read as
+    ``O = 1``) with respect to the selected parameters ``theta`` (default: all with
+    ``requires_grad``). Entry ``K[n, m, a, b] = sum_p J_p(x1_n)_a J_p(x2_m)_b``.
+
+    Args:
+        model: any ``nn.Module``. For :class:`lazylab.regimes.Linearized` the kernel is the frozen
+            one, of ``lin.model`` at ``lin.params0`` (same for ``center=True``). Other wrappers are
+            differentiated as they are (``lazy(model, alpha)`` gives ``alpha**2 * K``).
+        x1: inputs ``(N1, ...)``; x2: inputs ``(N2, ...)`` or None for ``x2 = x1`` (symmetric: only
+            the lower triangle of tiles is computed, the result is exactly symmetric).
+        method: ``"jacobian"`` (per-example Jacobians, ``vmap(jacrev)``, contracted parameter by
+            parameter), ``"ntvp"`` (NTK-vector products, ``vjp`` then ``jvp``; never forms ``J``),
+            ``"structured"`` (per-layer rules for ``nn.Linear``/``nn.Conv1d/2d``, Jacobian path for
+            other parameters; see :mod:`lazylab.ntk.structured`), ``"auto"``.
+        output: ``"trace"`` -> ``(N1, N2)`` summed over output dims, ``"full"`` ->
+            ``(N1, N2, O, O)``, ``"diagonal"`` -> ``(N1, N2, O)``.
+        params: parameter names, or a predicate ``(name, param) -> bool``; e.g. the last layer only
+            gives the random-features kernel.
+        block_size: tile size; ``x1 x x2`` is computed in ``block_size x block_size`` tiles
+            (default: as large as fits about 1 GiB of per-tile features). Peak memory is the
+            output plus the features of two tiles.
+        dtype, device: compute dtype / device (default: the model's). The model is not modified.
+        accumulate_dtype: e.g. ``torch.float64``: every contraction (sum over parameters) and the
+            returned kernel use this dtype while the network runs in ``dtype``.
+        progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
+
+    Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
+    ``O`` outputs, ``N1 N2`` entries; halve the pair terms when symmetric):
+    jacobian ``(N1 + N2) O (3F + 4P) + N1 N2 O P``; ntvp ``3 N2 O (N1 + N2) F``; structured
+    ``2 (N1 + N2) O F + N1 N2 C`` with ``C`` the per-entry layer-rule cost (``d_in + O d_out`` per
+    ``nn.Linear``) plus the Jacobian terms of uncovered parameters. The cheapest wins; ``ntvp`` is
+    forced when one example's Jacobian ``P O`` does not fit the 1 GiB budget.
+
+    Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
+    off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
+    couples the examples of a batch and is refused. Weight sharing is exact: a module called
+    several times contributes all cross terms (``functional_call`` ties shared parameters).
+
+    Returns:
+        Tensor on ``device`` in ``accumulate_dtype`` if given, else ``dtype``.
+
+    Raises:
+        TypeError/ValueError: bad ``method``/``output``/``block_size``/``params``, empty or
+        non-finite inputs, inputs the model rejects (the message names ``x1``/``x2`` and the shape).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int):
+            raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
+        if block_size <= 0:
+            raise ValueError(f"block_size must be a positive int, got {block_size}")
+    if accumulate_dtype is not None and not accumulate_dtype.is_floating_point:
+        raise TypeError(f"accumulate_dtype must be a floating dtype, got {accumulate_dtype}")
+    symmetric = x2 is None or x2 is x1
+    x1 = _check_x(x1, "x1")
+    if not symmetric:
+        x2 = _check_x(x2, "x2")
+
+    problem = build_problem(model, params, dtype, device)
+    x1 = problem.prep_input(x1)
+    x2 = x1 if symmetric else problem.prep_input(x2)
+    with problem.eval_mode():
+        o = _probe(problem, x1, "x1")
+        if not symmetric:
+            o2 = _probe(problem, x2, "x2")
+            if o2 != o:
+                raise ValueError(f"the model gives {o} outputs on x1 but {o2} on x2")
+        n1, n2 = x1.shape[0], x2.shape[0]
+        st = None
+        if method in ("auto", "structured"):
+            st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], block_size or n1)
+        if method == "auto":
+            method = _choose(problem, st, n1, n2, o, output, symmetric)
+        b = block_size or _default_block(method, problem, st, o, max(n1, n2))
+        if method == "structured" and block_size is None:
+            st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], b)
+        engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
+                  "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
+                                             chunk_size=_ntvp_chunk(problem, o)),
+                  "structured": lambda: st}[method]()
+        return _tiled(engine, x1, x2, symmetric, b, o, output,
+                      accumulate_dtype or problem.dtype, problem.device, progress)
+
+
+def _ntvp_chunk(problem: Problem, o: int) -> int:
+    item = torch.finfo(problem.dtype).bits // 8
+    return max(1, MEMORY_BUDGET // (4 * problem.n_params * item))
+
+
+def _transpose(blk: Tensor, output: str) -> Tensor:
+    """``K(x2, x1)`` from ``K(x1, x2)``: swap the example axes (and the output axes if full)."""
+    return blk.permute(1, 0, 3, 2) if output == "full" else blk.transpose(0, 1)
+
+
+def _symmetrize(blk: Tensor, output: str) -> Tensor:
+    """Diagonal tile made exactly symmetric (averages away last-bit rounding differences)."""
+    return (blk + _transpose(blk, output)) / 2
+
+
+def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: int, output: str,
+           dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
+    n1, n2 = x1.shape[0], x2.shape[0]
+    tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
+    rows, cols = _tiles(n1, b), _tiles(n2, b)
+    pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
+    if len(pairs) == 1:
+        s = engine.prepare(x1)
+        blk = engine.block(s, s if symmetric else engine.prepare(x2)).to(dtype)
+        return _symmetrize(blk, output) if symmetric else blk
+    out = torch.empty((n1, n2, *tail), dtype=dtype, device=device)
+    show = len(pairs) > 16 if progress is None else bool(progress)
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(pairs), desc=f"ntk {n1}x{n2} tiles", unit="tile")
+    try:
+        for i, r in enumerate(rows):
+            s1 = engine.prepare(x1[r])
+            for j, c in enumerate(cols):
+                if symmetric and j > i:
+                    break
+                s2 = s1 if symmetric and i == j else engine.prepare(x2[c])
+                blk = engine.block(s1, s2).to(dtype)
+                out[r, c] = _symmetrize(blk, output) if symmetric and i == j else blk
+                if symmetric and i != j:
+                    out[c, r] = _transpose(blk, output)
+                del s2, blk
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+__all__ = ["ntk", "METHODS", "OUTPUTS"]

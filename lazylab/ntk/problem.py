@@ -1,0 +1,144 @@
+"""The functional view of a model that every NTK algorithm shares.
+
+:class:`Problem` turns an ``nn.Module`` into ``f(params, x) -> (N, O)`` with the differentiated
+parameters (``params``) separated from the frozen state (other parameters and buffers), resolves the
+regime wrappers of :mod:`lazylab.regimes`, and applies the BatchNorm policy (eval mode, running
+statistics). Nothing here computes a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+ParamSpec = Sequence[str] | Callable[[str, Tensor], bool] | None
+
+
+def as_2d(out: object) -> Tensor:
+    """Model output as ``(N, O)``: ``(N,)`` becomes ``(N, 1)``, ``(N, a, b, ...)`` is flattened."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
+    if out.dim() == 0:
+        raise ValueError("the model returned a scalar; expected a batch of outputs (N,) or (N, O)")
+    if out.dim() == 1:
+        return out.unsqueeze(1)
+    return out.reshape(out.shape[0], -1)
+
+
+def _unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
+    """(module to differentiate, parameter values overriding its own ones)."""
+    try:  # the regimes module may be absent in a partial checkout
+        from lazylab.regimes import Linearized
+    except ImportError:  # pragma: no cover
+        return model, {}
+    if isinstance(model, Linearized):
+        return model.model, {k: v.detach() for k, v in model.params0.items()}
+    return model, {}
+
+
+@dataclass
+class Problem:
+    """``f(params, x)`` for one model, with the parameter selection resolved.
+
+    Attributes:
+        module: the module whose parameters are differentiated.
+        params: selected parameters (detached, on ``device`` in ``dtype``), name -> tensor.
+        frozen: every other parameter and buffer, name -> tensor.
+    """
+
+    module: nn.Module
+    params: dict[str, Tensor]
+    frozen: dict[str, Tensor]
+    device: torch.device
+    dtype: torch.dtype
+    _modes: dict[nn.Module, bool] = field(default_factory=dict)
+
+    def f(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Batched outputs ``(N, O)`` at ``params`` (selected ones; the rest frozen)."""
+        state = {**self.frozen, **params}
+        return as_2d(functional_call(self.module, state, (x,), tie_weights=True))
+
+    def f_single(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Outputs ``(O,)`` of one example ``x`` (no batch dim)."""
+        return self.f(params, x.unsqueeze(0)).squeeze(0)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Evaluate in eval mode (BatchNorm running statistics, no dropout); restore the flags."""
+        modes = {m: m.training for m in self.module.modules()}
+        self.module.eval()
+        try:
+            yield
+        finally:
+            for m, t in modes.items():
+                m.training = t
+
+    def prep_input(self, x: Tensor) -> Tensor:
+        x = x.to(self.device)
+        return x.to(self.dtype) if x.is_floating_point() else x
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+
+def build_problem(
+    model: nn.Module,
+    params: ParamSpec = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Problem:
+    """Resolve wrapper, parameter selection, dtype and device; refuse batch-coupled BatchNorm."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    module, override = _unwrap(model)
+    for name, mod in module.named_modules():
+        if isinstance(mod, _BN_TYPES) and not mod.track_running_stats:
+            raise ValueError(
+                f"ntk: BatchNorm layer {name!r} has track_running_stats=False: its output couples "
+                "the examples of a batch, so per-example tangent features do not exist. lazylab's "
+                "policy is eval-mode BatchNorm (running statistics); use track_running_stats=True "
+                "or remove the layer."
+            )
+    named = dict(module.named_parameters())
+    if not named:
+        raise ValueError("model has no parameters")
+    first = next(iter(named.values()))
+    dev = torch.device(device) if device is not None else first.device
+    dt = dtype if dtype is not None else first.dtype
+    if not dt.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dt}")
+
+    if params is None:
+        chosen = [n for n, p in named.items() if p.requires_grad]
+    elif callable(params):
+        chosen = [n for n, p in named.items() if params(n, p)]
+    else:
+        if isinstance(params, str):
+            params = [params]
+        chosen = list(params)
+        unknown = [n for n in chosen if n not in named]
+        if unknown:
+            raise ValueError(
+                f"params names unknown parameter(s) {unknown}; the model's parameters are "
+                f"{list(named)}"
+            )
+    if not chosen:
+        raise ValueError("params selects no parameter (and the default needs requires_grad=True)")
+
+    def conv(t: Tensor) -> Tensor:
+        t = t.detach().to(dev)
+        return t.to(dt) if t.is_floating_point() else t
+
+    values = {n: override.get(n, p) for n, p in named.items()}
+    sel = {n: conv(values[n]) for n in chosen}
+    frozen = {n: conv(v) for n, v in values.items() if n not in sel}
+    frozen.update({n: conv(b) for n, b in module.named_buffers()})
+    return Problem(module=module, params=sel, frozen=frozen, device=dev, dtype=dt)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import pkgutil
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 REQUIRED_PRESETS = ("quick", "paper")
+PLUGIN_ENV = "LAZYLAB_EXPERIMENTS"
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class UnknownExperimentError(KeyError):
 
 _REGISTRY: dict[str, Experiment] = {}
 _DISCOVERED = False
+_BROKEN: dict[str, str] = {}  # module -> import error (shown when a lookup fails)
 
 
 def register(exp: Experiment) -> Experiment:
@@ -204,7 +208,10 @@ def register(exp: Experiment) -> Experiment:
 
 
 def _discover() -> None:
-    """Import every module of ``lazylab.lab.experiments`` once (each registers itself)."""
+    """Import every module of ``lazylab.lab.experiments`` once (each registers itself), then
+    the modules named in the environment variable ``LAZYLAB_EXPERIMENTS`` (comma-separated
+    importable module names: experiments that live outside lazylab; worker processes inherit
+    the variable, so they find them too)."""
     global _DISCOVERED
     if _DISCOVERED:
         return
@@ -213,7 +220,20 @@ def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
+        modname = f"{pkg.__name__}.{info.name}"
+        try:
+            importlib.import_module(modname)
+        except Exception as e:  # one broken module must not hide the others
+            _BROKEN[modname] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"lazylab: experiment module {modname} failed to import "
+                          f"({_BROKEN[modname]})", RuntimeWarning, stacklevel=2)
+    for mod in os.environ.get(PLUGIN_ENV, "").split(","):
+        if mod.strip():
+            try:
+                importlib.import_module(mod.strip())
+            except ImportError as e:
+                raise ImportError(f"{PLUGIN_ENV}: cannot import experiment module "
+                                  f"{mod.strip()!r}: {e}") from e
 
 
 def get_experiment(name: str) -> Experiment:
@@ -224,7 +244,9 @@ def get_experiment(name: str) -> Experiment:
     _discover()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"
-        raise UnknownExperimentError(f"unknown experiment {name!r}; known experiments: {known}")
+        broken = "".join(f"; module {m} failed to import: {e}" for m, e in _BROKEN.items())
+        raise UnknownExperimentError(f"unknown experiment {name!r}; known experiments: {known}"
+                                     + broken)
     return _REGISTRY[name]
 
 

@@ -105,11 +105,11 @@ class Store:
         with conn:
             conn.execute(
                 "INSERT INTO run VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
-                (experiment, preset, canonical_json(config), canonical_json(sweep),
+                (experiment, preset, _ordered_json(config), _ordered_json(sweep),
                  run_hash(experiment, config, sweep), time.time(), version))
             conn.executemany(
                 "INSERT INTO cells (cell_id, idx, params_json, config_json) VALUES (?, ?, ?, ?)",
-                [(c.id, c.index, canonical_json(c.params), canonical_json(c.config))
+                [(c.id, c.index, _ordered_json(c.params), _ordered_json(c.config))
                  for c in cells])
         return cls(conn, path)
 
@@ -246,6 +246,11 @@ def load_results(directory: str | os.PathLike, *, include_pending: bool = False)
         rows.append(row)
     cols = config_cols + ["cell_id"] + [c for c in rec_cols if c not in config_cols]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _ordered_json(obj: Any) -> str:
+    """JSON keeping the key order (config field order); hashes use canonical_json instead."""
+    return json.dumps(obj, allow_nan=True)
 
 
 def _hashable(v: Any) -> Any:

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "experiment, preset, --set and --sweep must match the stored run)")
     r.add_argument("--device", default="cpu", metavar="cpu|cuda",
                    help="device for the cells' tensors (default cpu)")
+    r.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per cell (default: torch's choice in-process, 1 per "
+                        "worker process)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rp = sub.add_parser("report", help="rebuild a run folder's report from its stored results",
@@ -120,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_experiment(args.name, preset=args.preset, set=args.set, sweep=args.sweep,
                        out=args.out, executor=args.executor, workers=args.workers,
                        resume=args.resume, device=args.device, progress=not args.no_progress,
+                       threads=args.threads,
                        argv=["lazylab", *args_list])
         return 0
     except KeyboardInterrupt:

@@ -53,7 +53,7 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (str, bool, int)) or v is None:
         return v
     if isinstance(v, float):
-        return v
+        return float(v)  # also turns numpy.float64 (a float subclass) into a float
     if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
         return _plain(v.item())
     return v
@@ -90,13 +90,14 @@ def validate_records(records: Any, experiment: str) -> list[dict[str, Any]]:
 
 
 def execute_cell(experiment: str, module: str | None, config: dict[str, Any], device: str,
-                 progress: bool, single_thread: bool) -> dict[str, Any]:
+                 progress: bool, threads: int | None = None) -> dict[str, Any]:
     """Run one cell (in any process) and return ``{"records", "started", "finished", "pid",
     "host"}``.
 
     Imports ``module`` (the experiment's module, so experiments outside the package work in
     worker processes), builds the typed config, seeds ``random``/``numpy``/``torch`` with
-    ``config["seed"]`` and calls ``run_cell(cfg, RunContext(device, progress))``.
+    ``config["seed"]`` and calls ``run_cell(cfg, RunContext(device, progress))``. ``threads``:
+    torch intra-op threads during the cell (restored afterwards; None = leave as is).
     """
     import random
 
@@ -106,8 +107,6 @@ def execute_cell(experiment: str, module: str | None, config: dict[str, Any], de
     from lazylab.lab.config import make_config
     from lazylab.lab.registry import RunContext, get_experiment
 
-    if single_thread:
-        torch.set_num_threads(1)
     if module and module not in ("__main__", "__mp_main__"):
         importlib.import_module(module)
     exp = get_experiment(experiment)
@@ -116,8 +115,15 @@ def execute_cell(experiment: str, module: str | None, config: dict[str, Any], de
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     started = time.time()
-    records = exp.run_cell(cfg, RunContext(device=device, progress=progress))
+    try:
+        records = exp.run_cell(cfg, RunContext(device=device, progress=progress))
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
     records = validate_records(records, experiment)
     return {"records": records, "started": started, "finished": time.time(),
             "pid": os.getpid(), "host": socket.gethostname()}
@@ -150,12 +156,18 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """In-process (``workers=1``) or a spawn-context process pool (``workers>1``)."""
+    """In-process (``workers=1``) or a spawn-context process pool (``workers>1``).
 
-    def __init__(self, workers: int = 1):
+    ``threads``: torch threads per cell (default: torch's own setting in-process, 1 in each
+    pool worker so that N workers use N cores).
+    """
+
+    def __init__(self, workers: int = 1, threads: int | None = None):
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+        _check_threads(threads)
         self.workers = workers
+        self.threads = threads
         self.name = "local" if workers == 1 else f"local x{workers} processes"
         self._pool = None
 
@@ -163,7 +175,8 @@ class LocalExecutor(Executor):
         if self.workers == 1:
             for cell in cells:
                 try:
-                    res = execute_cell(experiment, module, cell.config, device, progress, False)
+                    res = execute_cell(experiment, module, cell.config, device, progress,
+                                       self.threads)
                 except Exception as e:
                     raise CellError(cell, e) from e
                 yield cell, res
@@ -175,7 +188,7 @@ class LocalExecutor(Executor):
                                          mp_context=mp.get_context("spawn"),
                                          initializer=_worker_init)
         futs = {self._pool.submit(execute_cell, experiment, module, c.config, device, False,
-                                  True): c for c in cells}
+                                  self.threads or 1): c for c in cells}
         try:
             for fut in as_completed(futs):
                 cell = futs[fut]
@@ -201,11 +214,13 @@ class DaskExecutor(Executor):
     """
 
     def __init__(self, address: str | None = None, workers: int = 1,
-                 timeout: float = DASK_CONNECT_TIMEOUT_S):
+                 timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = None):
         import logging
 
         from distributed import Client, LocalCluster
 
+        _check_threads(threads)
+        self.threads = threads
         self.address = address
         self.cluster = None
         if address is None:
@@ -233,9 +248,9 @@ class DaskExecutor(Executor):
 
         futs = {}
         for c in cells:
+            key = f"lazylab-{experiment}-{c.id}-{time.time_ns()}"
             f = self.client.submit(execute_cell, experiment, module, c.config, device, False,
-                                   True, key=f"lazylab-{experiment}-{c.id}-{time.time_ns()}",
-                                   pure=False)
+                                   self.threads or 1, key=key, pure=False)
             futs[f.key] = (f, c)
         try:
             for fut in as_completed([f for f, _ in futs.values()]):
@@ -258,18 +273,24 @@ class DaskExecutor(Executor):
                 self.cluster.close()
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 1):
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+
+
 def make_executor(spec: str = "local", workers: int = 1,
-                  timeout: float = DASK_CONNECT_TIMEOUT_S) -> Executor:
+                  timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = None) -> Executor:
     """``"local"`` | ``"dask"`` | ``"dask://HOST:PORT"`` (also ``tcp://HOST:PORT``) -> Executor."""
     if spec == "local":
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, threads)
     if spec == "dask":
-        return DaskExecutor(None, workers, timeout)
+        return DaskExecutor(None, workers, timeout, threads)
     if spec.startswith("dask://") or spec.startswith("tcp://"):
         hostport = spec.split("://", 1)[1]
         host, _, port = hostport.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--executor: expected dask://HOST:PORT, got {spec!r}")
-        return DaskExecutor(f"tcp://{hostport}", workers, timeout)
+        return DaskExecutor(f"tcp://{hostport}", workers, timeout, threads)
     raise ValueError(f"--executor: expected 'local', 'dask' or 'dask://HOST:PORT', got {spec!r}")
 

@@ -73,6 +73,7 @@ def run_experiment(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    threads: int | None = None,
     argv: list[str] | None = None,
     echo: bool = True,
 ) -> Path:
@@ -81,7 +82,9 @@ def run_experiment(
     ``set``: config overrides (``["k=v", ...]`` or ``{k: v}``); ``sweep``: grid additions
     (``["k=v1,v2", ...]`` or ``{k: [v1, v2]}``), combined with the preset's grid (these win on
     the same key). ``out`` defaults to ``runs/NAME-<timestamp>``; without ``resume`` it must be
-    absent or empty. ``executor``: ``local`` | ``dask`` | ``dask://HOST:PORT``.
+    absent or empty. ``executor``: ``local`` | ``dask`` | ``dask://HOST:PORT``. ``threads``:
+    torch threads per cell (default: torch's in-process, 1 per worker process). ``echo``: print
+    the per-cell lines and the report path.
     """
     from tqdm.auto import tqdm
 
@@ -106,7 +109,8 @@ def run_experiment(
     todo = [c for c in cells if c.id not in done]
 
     say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
-    with make_executor(executor, workers) as ex:  # connects first: fails before writing
+    # the executor connects (Dask) before anything is written: a bad address changes nothing
+    with make_executor(executor, workers, threads=threads) as ex:
         if store_path.exists():
             store = Store.open(out)
         else:

@@ -7,10 +7,10 @@ matplotlib) is only imported when one of its names is used.
 Library (tensor in, tensor out):
     lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
     TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
-    train, History                              the trainer                  (lazylab.train)
+    train, History                              the trainer                  (lazylab.trainer)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
-    diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnose)
+    diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
@@ -39,16 +39,16 @@ _EXPORTS: dict[str, str] = {
     "vgg11": "lazylab.models",
     "resnet18": "lazylab.models",
     # training
-    "train": "lazylab.train",
-    "History": "lazylab.train",
+    "train": "lazylab.trainer",
+    "History": "lazylab.trainer",
     # kernels
     "ntk": "lazylab.ntk",
     "kernel_regression": "lazylab.kernel_methods",
     "gradient_flow": "lazylab.kernel_methods",
     "max_stable_lr": "lazylab.kernel_methods",
     # diagnostics
-    "diagnose": "lazylab.diagnose",
-    "alpha_crossover": "lazylab.diagnose",
+    "diagnose": "lazylab.diagnosis",
+    "alpha_crossover": "lazylab.diagnosis",
     # lab
     "load_results": "lazylab.lab",
     "run_experiment": "lazylab.lab",
@@ -56,8 +56,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = {
-    "regimes", "models", "train", "track", "ntk", "kernels", "kernel_methods", "metrics",
-    "attacks", "tensor", "data", "diagnose", "lab",
+    "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
+    "attacks", "tensor", "data", "diagnosis", "lab",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,318 @@
+"""Training regimes over any ``nn.Module``: lazy scaling, linearization, random features.
+
+Each function takes a module and returns a module, so a regime works in a plain PyTorch loop:
+
+    lz = lazylab.lazy(net, alpha=100.0)              # output alpha * (h(w, x) - h(w0, x))
+    loss = lz.loss_scale * criterion(lz(x), y)       # loss_scale = 1 / alpha**2  (Chizat et al. eq. 2)
+
+    lin = lazylab.linearize(net)                     # h(w0, x) + J(w0, x) (w - w0)
+
+    rf = lazylab.random_features(net)                # only the last layer trains
+
+Chizat, Oyallon & Bach (2019): training ``F_alpha(w) = R(alpha * h(w)) / alpha**2`` is lazy for large
+alpha: ``sup_t ||w(t) - w0|| = O(1/alpha)`` and the model follows its linearization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+__all__ = [
+    "Lazy",
+    "Linearized",
+    "lazy",
+    "linearize",
+    "random_features",
+    "weights",
+    "trainable_names",
+    "CENTER_MODES",
+]
+
+CENTER_MODES = ("copy", "symmetric", "none")
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _check_module(model: object, arg: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{arg} ({type(model).__name__}) has no parameters: nothing to train")
+    return model
+
+
+def _check_alpha(alpha: float) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
+    if not math.isfinite(a) or a <= 0:
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    return a
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of ``model`` that require grad (shared parameters listed once)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _key(name: str) -> str:
+    # ParameterDict / buffer names cannot contain '.'
+    return name.replace(".", "__")
+
+
+def _check_batchnorm(model: nn.Module, who: str) -> None:
+    for name, mod in model.named_modules():
+        if isinstance(mod, _BN_TYPES) and not mod.track_running_stats:
+            raise ValueError(
+                f"{who}: BatchNorm layer {name!r} has track_running_stats=False, so its output "
+                "depends on the whole batch and the model has no per-example linearization. "
+                "Use BatchNorm with running statistics (lazylab then freezes them, eval mode), "
+                "or remove the layer."
+            )
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for mod in model.modules():
+        if isinstance(mod, _BN_TYPES):
+            mod.eval()
+
+
+class Lazy(nn.Module):
+    """``alpha * (h(w, x) - h(w0, x))``: the rescaled, centered model of Chizat et al. (2019).
+
+    Train it with the loss multiplied by :attr:`loss_scale` ``= 1/alpha**2`` (lazylab's trainer does
+    this itself); then gradient descent on ``R(alpha h(w)) / alpha**2`` moves ``w`` by ``O(1/alpha)``.
+
+    Centering (``center``):
+
+    - ``"copy"``: subtract the model at its initial weights ``w0`` (works for any module).
+    - ``"symmetric"``: the doubling trick. Two copies ``a, b`` with identical init, both trained;
+      output ``alpha * (h(w_a, x) - h(w_b, x)) / sqrt(2)``. ``h(w0) = 0`` exactly and, because of the
+      ``1/sqrt(2)``, the tangent kernel at init is ``alpha**2 * K`` with ``K`` the original model's.
+    - ``"none"``: ``alpha * h(w, x)``.
+
+    Parametrization: the trainable parameters are the displacements ``delta = w - w0`` (they start at
+    zero), held in ``self.delta`` (``self.delta_b`` for the second copy when symmetric); ``self.model``
+    keeps ``w0`` frozen. Moves of size ``1/alpha`` therefore keep full relative precision in float32.
+    The forward pass evaluates ``h(w0 + delta) - h(w0)`` in ``compute_dtype``; by default float64
+    whenever ``alpha * eps(dtype) > 1e-4`` (alpha > ~830 for float32), because in the model's own
+    precision the difference of two O(1) outputs loses ``alpha * eps`` of absolute accuracy.
+    :func:`weights` returns the effective weights ``w0 + delta``.
+
+    Cost: one forward of the model per copy plus one at ``w0`` (copy centering).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        alpha: float,
+        center: str = "copy",
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_module(model)
+        if center not in CENTER_MODES:
+            raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
+        self.alpha = _check_alpha(alpha)
+        self.center = center
+        self._names = trainable_names(model)
+        if not self._names:
+            raise ValueError("model has no trainable parameters (all have requires_grad=False)")
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        named = dict(model.named_parameters())
+        self.delta = nn.ParameterDict(
+            {_key(n): nn.Parameter(torch.zeros_like(named[n])) for n in self._names}
+        )
+        if center == "symmetric":
+            self.delta_b = nn.ParameterDict(
+                {_key(n): nn.Parameter(torch.zeros_like(named[n])) for n in self._names}
+            )
+        self._compute_dtype = compute_dtype
+
+    @property
+    def loss_scale(self) -> float:
+        """Multiply the loss by this: ``1 / alpha**2``."""
+        return 1.0 / self.alpha**2
+
+    def _cdtype(self, dtype: torch.dtype) -> torch.dtype:
+        if self._compute_dtype is not None:
+            return self._compute_dtype
+        if dtype.is_floating_point and self.alpha * torch.finfo(dtype).eps > 1e-4:
+            return torch.float64
+        return dtype
+
+    def _eval(self, x: Tensor, delta: nn.ParameterDict | None, cdt: torch.dtype) -> Tensor:
+        state = {n: t.to(cdt) if t.is_floating_point() else t
+                 for n, t in self.model.state_dict(keep_vars=True).items()}
+        if delta is not None:
+            for n in self._names:
+                state[n] = state[n] + delta[_key(n)].to(cdt)
+        return functional_call(self.model, state, (x.to(cdt),), tie_weights=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        cdt = self._cdtype(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+        if self.center == "copy":
+            out = self._eval(x, self.delta, cdt) - self._eval(x, None, cdt)
+        elif self.center == "symmetric":
+            out = (self._eval(x, self.delta, cdt) - self._eval(x, self.delta_b, cdt)) / math.sqrt(2)
+        else:
+            out = self._eval(x, self.delta, cdt)
+        out = self.alpha * out
+        return out.to(x.dtype) if x.is_floating_point() else out
+
+    def effective_weights(self) -> dict[str, Tensor]:
+        """The weights the model is evaluated at: ``w0 + delta`` (``a.`` / ``b.`` prefixed copies
+        when symmetric)."""
+        named = dict(self.model.named_parameters())
+        if self.center != "symmetric":
+            return {n: named[n] + self.delta[_key(n)] for n in self._names}
+        out = {f"a.{n}": named[n] + self.delta[_key(n)] for n in self._names}
+        out.update({f"b.{n}": named[n] + self.delta_b[_key(n)] for n in self._names})
+        return out
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}, center={self.center!r}"
+
+
+class Linearized(nn.Module):
+    """The tangent model ``h(w0, x) + J(w0, x) (w - w0)`` (``center=True`` drops ``h(w0, x)``).
+
+    ``self.model`` holds the trainable weights ``w`` (they start at ``w0``); ``self.params0`` the frozen
+    ``w0``. The forward pass is one ``torch.func.jvp`` of ``w -> h(w, x)`` at ``w0`` in the direction
+    ``w - w0``: cost about that of a forward plus a forward-mode pass; the gradient with respect to ``w``
+    equals ``J(w0, x)^T`` applied to the output cotangent, for every ``w`` (the kernel is frozen).
+
+    BatchNorm policy: BatchNorm layers are always evaluated with their running statistics (eval mode)
+    and never update them, so the linearization is per-example; BatchNorm without running statistics is
+    refused. Shared modules (weight tying) are handled: ``functional_call`` ties the shared weight.
+    """
+
+    def __init__(self, model: nn.Module, center: bool = False) -> None:
+        super().__init__()
+        _check_module(model)
+        _check_batchnorm(model, "linearize")
+        self.model = model
+        self.center = bool(center)
+        self._names = trainable_names(model)
+        if not self._names:
+            raise ValueError("model has no trainable parameters (all have requires_grad=False)")
+        named = dict(model.named_parameters())
+        for n in self._names:
+            self.register_buffer("w0__" + _key(n), named[n].detach().clone())
+        _freeze_batchnorm(model)
+
+    @property
+    def params0(self) -> dict[str, Tensor]:
+        """The frozen expansion point ``w0`` (names as in ``self.model.named_parameters()``)."""
+        return {n: getattr(self, "w0__" + _key(n)) for n in self._names}
+
+    def train(self, mode: bool = True) -> Linearized:
+        super().train(mode)
+        _freeze_batchnorm(self.model)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        named = dict(self.model.named_parameters())
+        w0 = self.params0
+        tangent = {n: named[n] - w0[n] for n in self._names}
+
+        def f(p: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.model, p, (x,), tie_weights=True)
+
+        out0, dout = jvp(f, (w0,), (tangent,))
+        return dout if self.center else out0 + dout
+
+    def effective_weights(self) -> dict[str, Tensor]:
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self._names}
+
+    def extra_repr(self) -> str:
+        return f"center={self.center}"
+
+
+def lazy(
+    model: nn.Module,
+    alpha: float,
+    center: str = "copy",
+    compute_dtype: torch.dtype | None = None,
+) -> Lazy:
+    """Rescaled model ``alpha * (h(w, x) - h(w0, x))`` with loss scale ``1/alpha**2``.
+
+    Args:
+        model: any module with trainable parameters; its current weights are ``w0``. It is used in
+            place (its parameters become the frozen ``w0``); pass a copy to keep the original.
+        alpha: scale, finite and > 0. Large alpha = lazy training.
+        center: ``"copy"`` | ``"symmetric"`` | ``"none"`` (see :class:`Lazy`).
+        compute_dtype: dtype of the forward evaluation (default: float64 when alpha is too large for
+            the input's precision, else the input's dtype).
+
+    Returns:
+        A :class:`Lazy` module; ``loss_scale`` = ``1/alpha**2``. In your own loop:
+        ``loss = lz.loss_scale * criterion(lz(x), y)``.
+    """
+    return Lazy(model, alpha, center=center, compute_dtype=compute_dtype)
+
+
+def linearize(model: nn.Module, center: bool = False) -> Linearized:
+    """Tangent model ``h(w0, x) + J(w0, x)(w - w0)`` around the model's current weights ``w0``.
+
+    The returned module shares ``model`` (its parameters are the trainable ``w``); ``center=True``
+    drops ``h(w0, x)``. Computed with ``torch.func.jvp``; see :class:`Linearized`.
+    """
+    return Linearized(model, center=center)
+
+
+def _last_layer_names(model: nn.Module) -> list[str]:
+    last: list[str] = []
+    for mod_name, mod in model.named_modules():
+        own = [n for n, _ in mod.named_parameters(recurse=False)]
+        if own:
+            last = [f"{mod_name}.{n}" if mod_name else n for n in own]
+    return last
+
+
+def random_features(
+    model: nn.Module, trainable: Iterable[str] | Callable[[str], bool] | None = None
+) -> nn.Module:
+    """Freeze every parameter except the last layer's (default) or the ``trainable`` ones.
+
+    ``trainable`` is a list of parameter names or a predicate ``name -> bool``. The last layer is the
+    last module (in registration order) that owns parameters. The model is modified in place
+    (``requires_grad``) and returned. With the first layer frozen this is the random-features model
+    ``f(x) = a^T sigma(W0 x)``: its tangent kernel is the RF kernel ``sigma(W0 x)^T sigma(W0 x')``.
+    """
+    _check_module(model)
+    names = [n for n, _ in model.named_parameters()]
+    if trainable is None:
+        keep = set(_last_layer_names(model))
+    elif callable(trainable):
+        keep = {n for n in names if trainable(n)}
+    else:
+        if isinstance(trainable, str):
+            trainable = [trainable]
+        keep = set(trainable)
+        unknown = sorted(keep - set(names))
+        if unknown:
+            raise ValueError(
+                f"trainable names unknown parameter(s) {unknown}; the model's parameters are {names}"
+            )
+    if not keep:
+        raise ValueError("trainable selects no parameter: nothing would train")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    return model
+
+
+def weights(model: nn.Module) -> dict[str, Tensor]:
+    """The effective weights ``w`` of a model or regime wrapper (``w0 + delta`` for :class:`Lazy`,
+    the trainable weights otherwise). Used by the weight-change trackers."""
+    if isinstance(model, (Lazy, Linearized)):
+        return model.effective_weights()
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}

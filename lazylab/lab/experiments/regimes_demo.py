@@ -57,7 +57,7 @@ def run_cell(cfg: RegimesDemoConfig, ctx: RunContext) -> list[dict]:
     from lazylab.models import TwoLayerNet
     from lazylab.regimes import lazy
     from lazylab.track import WeightChange
-    from lazylab.train import train
+    from lazylab.trainer import train
 
     (X, y), (Xt, yt) = _teacher_data(cfg)
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,264 @@
+"""Tests of the `lazylab` CLI (lazylab.lab.cli): end to end, report rebuild, kill + resume,
+and bad input that must leave an existing store untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lazylab.lab.cli import main
+from lazylab.lab.store import load_results
+
+SMALL = ["--set", "steps=20", "--set", "m=16", "--set", "n_train=16", "--set", "n_test=32",
+         "--set", "n_track=3", "--threads", "1", "--no-progress"]
+
+TWO_CELLS = [*SMALL, "--sweep", "alpha=1", "--sweep", "seed=0,1"]
+
+# An experiment outside the package (found through LAZYLAB_EXPERIMENTS) that logs every cell
+# START to a file, so a test can tell whether a cell was computed twice.
+PLUGIN = textwrap.dedent('''
+    import os, time
+    from dataclasses import dataclass
+    import torch
+    from lazylab.lab.registry import Experiment, Preset, Report, Check, register
+
+    @dataclass
+    class Cfg:
+        seed: int = 0
+        x: int = 0
+        sleep: float = 0.0
+        log_dir: str = ""
+
+    def run_cell(cfg, ctx):
+        if cfg.log_dir:
+            with open(os.path.join(cfg.log_dir, f"start-x{cfg.x}.log"), "a") as fh:
+                fh.write(f"{os.getpid()}\\n")
+        time.sleep(cfg.sleep)
+        noise = torch.rand(3)  # seeded by the lab with cfg.seed
+        return [{"step": s, "value": cfg.x * 10 + s + float(noise[s])} for s in range(3)]
+
+    def report(df, cfg):
+        m = float(df["value"].mean())
+        return Report({"mean": m}, [Check("mean positive", m, "> 0", m > 0)], {})
+
+    register(Experiment("lab-counter", "counts cell starts (test)", Cfg,
+                        {"quick": Preset(sweep={"x": [0, 1, 2, 3, 4, 5]}), "paper": Preset()},
+                        run_cell, report))
+''')
+
+
+@pytest.fixture
+def plugin_env(tmp_path):
+    (tmp_path / "lab_counter_plugin.py").write_text(PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get(
+        "PYTHONPATH", ""), "LAZYLAB_EXPERIMENTS": "lab_counter_plugin"}
+    return env
+
+
+def _cli(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "lazylab.lab.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _done_cells(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM cells WHERE status='done'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_midway_then_resume(plugin_env, tmp_path):
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    args = ["run", "lab-counter", "--set", "sleep=0.4", "--set", f"log_dir={logs}",
+            "--out", str(out), "--no-progress"]
+    proc = _cli(args, plugin_env)
+    db = out / "results.sqlite"
+    deadline = time.time() + 120
+    while _done_cells(db) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_done = _done_cells(db)
+    assert 1 <= killed_done < 6, f"kill came too late/early: {killed_done} cells done"
+    con = sqlite3.connect(db)
+    before = {cid: (st, fin, pid) for cid, st, fin, pid in con.execute(
+        "SELECT cell_id, status, finished, pid FROM cells")}
+    recs_before = con.execute("SELECT cell_id, rec_idx, data_json FROM records").fetchall()
+    con.close()
+    finished = {cid for cid, v in before.items() if v[0] == "done"}
+    assert len(finished) == killed_done
+    # whole cells only: each finished cell has all its 3 records, the others none
+    assert sorted(r[0] for r in recs_before) == sorted(c for c in finished for _ in range(3))
+
+    # without --resume the folder is refused
+    p = _cli(args, plugin_env)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--resume" in err and "already exists" in err
+
+    p = _cli([*args, "--resume"], plugin_env)
+    stdout, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert f"{killed_done} already done, {6 - killed_done} to run" in stdout
+    assert stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+
+    con = sqlite3.connect(db)
+    after = {cid: (st, fin, pid) for cid, st, fin, pid in con.execute(
+        "SELECT cell_id, status, finished, pid FROM cells")}
+    rows = con.execute("SELECT cell_id, rec_idx, data_json FROM records").fetchall()
+    con.close()
+    assert set(after) == set(before) and len(after) == 6
+    assert all(v[0] == "done" for v in after.values())
+    # every cell exactly once (3 records each, no duplicates)
+    assert len(rows) == 18 and len({(r[0], r[1]) for r in rows}) == 18
+    # finished cells were not recomputed: same finish time, process and records...
+    for cid in finished:
+        assert after[cid] == before[cid]
+    assert {r for r in rows if r[0] in finished} == set(recs_before)
+    # ...and each of them was started exactly once (the start log counts every start)
+    df = load_results(out)
+    assert len(df) == 18 and df.groupby("x").size().tolist() == [3] * 6
+    done_x = set(df[df.cell_id.isin(finished)].x)
+    for x in range(6):
+        starts = (logs / f"start-x{x}.log").read_text().split()
+        if x in done_x:
+            assert len(starts) == 1, f"finished cell x={x} was recomputed"
+        else:  # the cell in flight at the kill may have started twice, no other
+            assert 1 <= len(starts) <= 2
+    assert json.loads((out / "summary.json").read_text())["checks"][0]["passed"] is True
+
+
+def test_run_end_to_end_and_report_rebuild(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["run", "regimes-demo", *SMALL, "--sweep", "alpha=1,8", "--sweep", "seed=3",
+               "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    assert stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert "cell 2/2 alpha=8.0 seed=3" in stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.yaml", "environment.json", "figures", "report.md",
+                     "results.sqlite", "summary.json"]
+    assert (out / "figures" / "regimes.png").read_bytes()[:4] == b"\x89PNG"
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["experiment"] == "regimes-demo" and cfg["preset"] == "quick"
+    assert cfg["config"]["steps"] == 20 and cfg["sweep"] == {"alpha": [1.0, 8.0], "seed": [3]}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "regimes-demo" and summary["preset"] == "quick"
+    assert summary["checks"] and set(summary["checks"][0]) >= {"name", "value", "target",
+                                                                "passed"}
+    assert "rel_weight_change@alpha=8" in summary["metrics"]
+    env = json.loads((out / "environment.json").read_text())
+    assert env["device"] == "cpu" and env["seeds"] == [3] and env["packages"]["torch"]
+    assert env["command"][:3] == ["lazylab", "run", "regimes-demo"]
+    md = (out / "report.md").read_text()
+    assert "![regimes](figures/regimes.png)" in md and ("✔" in md or "✘" in md)
+    assert "| alpha |" in md and "## Notes" in md
+
+    # `lazylab report DIR` rebuilds every output from the store alone
+    (out / "report.md").unlink()
+    (out / "summary.json").unlink()
+    (out / "figures" / "regimes.png").unlink()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.md'}"
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "report.md").read_text() == md
+    assert (out / "figures" / "regimes.png").exists()
+
+
+def test_list_and_help(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "regimes-demo" in out and "presets: quick, paper" in out
+    with pytest.raises(SystemExit) as ei:
+        main(["run", "--help"])
+    assert ei.value.code == 0
+    h = capsys.readouterr().out
+    for flag in ("--preset", "--set", "--sweep", "--out", "--executor", "--workers", "--resume",
+                 "--device", "--no-progress", "dask://HOST:PORT", "results.sqlite"):
+        assert flag in h
+
+
+def _snapshot(d: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(d)): (p.stat().st_mtime_ns,
+                                    hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("existing") / "run"
+    assert main(["run", "regimes-demo", *TWO_CELLS, "--out", str(out)]) == 0
+    return out
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--set", "nope=1"], ["unknown config key 'nope'", "valid keys", "alpha", "steps"]),
+    (["--set", "steps=many"], ["'steps'", "int", "'many'"]),
+    (["--sweep", "alpha="], ["empty sweep", "alpha"]),
+    (["--sweep", "lr=0.1,x"], ["'lr'", "float"]),
+    (["--preset", "huge"], ["no preset 'huge'", "quick, paper"]),
+    (["--set", "steps=21"], ["another config", "steps: stored 20 != requested 21"]),
+    (["--sweep", "seed=0,1,2"], ["another config", "sweep"]),
+    (["--executor", "dask://127.0.0.1:PORT"], ["127.0.0.1:PORT"]),
+])
+def test_bad_input_errors_and_nothing_written(existing_run, capsys, extra, expected):
+    before = _snapshot(existing_run)
+    port = str(_closed_port())
+    extra = [e.replace("PORT", port) for e in extra]
+    t0 = time.perf_counter()
+    rc = main(["run", "regimes-demo", *TWO_CELLS, *extra,
+               "--out", str(existing_run), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert time.perf_counter() - t0 < 30
+    for e in expected:
+        assert e.replace("PORT", port) in err, err
+    assert _snapshot(existing_run) == before
+
+
+def test_unknown_experiment_and_other_experiment_folder(existing_run, plugin_env, capsys):
+    before = _snapshot(existing_run)
+    assert main(["run", "no-such-exp", "--out", str(existing_run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'no-such-exp'" in err and "regimes-demo" in err
+    # a different experiment resumed into this folder (subprocess: the plugin registers there)
+    p = _cli(["run", "lab-counter", "--out", str(existing_run), "--resume", "--no-progress"],
+             plugin_env)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "holds experiment 'regimes-demo', not 'lab-counter'" in err
+    assert _snapshot(existing_run) == before
+
+
+def test_resume_of_finished_run_runs_nothing(existing_run, capsys):
+    before = load_results(existing_run)
+    assert main(["run", "regimes-demo", *TWO_CELLS, "--out", str(existing_run), "--resume"]) == 0
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert load_results(existing_run).equals(before)

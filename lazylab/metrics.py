@@ -1,0 +1,504 @@
+"""How far is a run from its linearization? Kernel, weight, output and activation metrics.
+
+Kernel metrics take kernels ``K`` as tensors or arrays: ``(N, N)`` (``ntk(..., output="trace")``) or
+``(N, N, O, O)`` (``output="full"``, read as the ``(N O, N O)`` matrix). They are computed in float64
+on the kernel's device. ``<A, B>_F = sum_ij A_ij B_ij``, ``||A||_F = sqrt(<A, A>_F)``.
+
+- :func:`kernel_distance` ``1 - <K1, K2>_F / (||K1||_F ||K2||_F)`` (Fort et al. 2020; Loo et al. 2022)
+- :func:`relative_kernel_change` ``||K - K0||_F / ||K0||_F`` (Geiger et al. 2019)
+- :func:`kernel_velocity` ``kernel_distance(K_prev, K_next) / dt``
+- :func:`cka` centered kernel alignment (Cortes et al. 2012; Kornblith et al. 2019)
+- :func:`kernel_target_alignment` ``y^T K y / (||K||_F ||y||^2)``
+- :func:`spectrum_summary` top eigenvalues, effective rank, fraction of ``y`` in the top-k eigenspace
+
+Model metrics: :func:`relative_weight_change`, :func:`linearization_error`, :func:`laziness_kappa`
+(Chizat et al. 2019, eq. 1, by power iterations on Jacobian- and Hessian-vector products) and
+:func:`activation_stability` (Chizat et al. 2019, App C.2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp
+
+from lazylab.regimes import Lazy, Linearized, weights
+
+__all__ = [
+    "kernel_distance",
+    "relative_kernel_change",
+    "kernel_velocity",
+    "cka",
+    "kernel_target_alignment",
+    "spectrum_summary",
+    "relative_weight_change",
+    "linearization_error",
+    "laziness_kappa",
+    "activation_stability",
+    "RELU_TYPES",
+]
+
+RELU_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+
+
+# ----------------------------------------------------------------------------------------- kernels
+def _as64(K: Any, arg: str) -> Tensor:
+    """``K`` as a float64 tensor on its own device (numpy arrays go to the CPU)."""
+    if isinstance(K, np.ndarray):
+        K = torch.from_numpy(K)
+    if not isinstance(K, Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor or numpy array, got {type(K).__name__}")
+    if K.is_complex() or K.dtype == torch.bool:
+        raise TypeError(f"{arg} must be real, got dtype {K.dtype}")
+    K = K.detach().to(torch.float64)
+    if K.numel() == 0:
+        raise ValueError(f"{arg} is empty (shape {tuple(K.shape)})")
+    if not bool(torch.isfinite(K).all()):
+        raise ValueError(f"{arg} contains NaN or inf")
+    return K
+
+
+def _square(K: Tensor, arg: str) -> Tensor:
+    """``(N, N)`` -> itself; ``(N, N, O, O)`` -> the ``(N O, N O)`` matrix ``[(n, a), (m, b)]``."""
+    if K.dim() == 4 and K.shape[0] == K.shape[1] and K.shape[2] == K.shape[3]:
+        n, o = K.shape[0], K.shape[2]
+        return K.permute(0, 2, 1, 3).reshape(n * o, n * o)
+    if K.dim() != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{arg} must be a square kernel (N, N) or (N, N, O, O), got {tuple(K.shape)}")
+    return K
+
+
+def _pair(K1: Any, K2: Any, a1: str = "K1", a2: str = "K2") -> tuple[Tensor, Tensor]:
+    A, B = _as64(K1, a1), _as64(K2, a2)
+    if A.shape != B.shape:
+        raise ValueError(f"{a1} and {a2} must have the same shape, got {tuple(A.shape)} and "
+                         f"{tuple(B.shape)}")
+    return A, B.to(A.device)
+
+
+def _norm(A: Tensor, arg: str) -> float:
+    n = float(torch.linalg.vector_norm(A))
+    if n == 0.0:
+        raise ValueError(f"{arg} is identically zero: the metric is undefined")
+    return n
+
+
+def kernel_distance(K1: Any, K2: Any) -> float:
+    """Kernel distance ``S(K1, K2) = 1 - <K1, K2>_F / (||K1||_F ||K2||_F)`` (Fort et al. 2020).
+
+    In ``[0, 2]``; 0 iff ``K2 = c K1`` with ``c > 0`` (scale-invariant: only the kernel's "shape"
+    counts). Any equal shapes (the sums run over all entries). Cost O(#entries)."""
+    A, B = _pair(K1, K2)
+    cos = float((A * B).sum()) / (_norm(A, "K1") * _norm(B, "K2"))
+    return min(2.0, max(0.0, 1.0 - cos))  # rounding can push cos a hair past +-1
+
+
+def relative_kernel_change(K: Any, K0: Any) -> float:
+    """Relative kernel change ``||K - K0||_F / ||K0||_F`` (Geiger et al. 2019). Not scale-invariant:
+    ``K = c K0`` gives ``|c - 1|``. Cost O(#entries)."""
+    A, B = _pair(K, K0, "K", "K0")
+    return float(torch.linalg.vector_norm(A - B)) / _norm(B, "K0")
+
+
+def kernel_velocity(K_prev: Any, K_next: Any, dt: float) -> float:
+    """Kernel velocity ``kernel_distance(K_prev, K_next) / dt`` between two snapshots ``dt`` apart
+    (steps, epochs or time, in the caller's unit; Fort et al. 2020)."""
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+    return kernel_distance(K_prev, K_next) / float(dt)
+
+
+def _center(K: Tensor) -> Tensor:
+    """``H K H`` with ``H = I - 11^T / N`` (double centering), in O(N^2)."""
+    return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
+
+
+def cka(K1: Any, K2: Any) -> float:
+    """Centered kernel alignment ``<K1c, K2c>_F / (||K1c||_F ||K2c||_F)`` with ``Kc = H K H``,
+    ``H = I - 11^T/N`` (Cortes, Mohri & Rostamizadeh 2012; Kornblith et al. 2019 for Gram matrices).
+
+    In ``[-1, 1]`` (``[0, 1]`` for PSD kernels); invariant to ``K -> c K`` (``c > 0``) and to adding a
+    constant to every entry. Square kernels only. Cost O(N^2)."""
+    A, B = _pair(K1, K2)
+    A, B = _center(_square(A, "K1")), _center(_square(B, "K2"))
+    return float((A * B).sum()) / (_norm(A, "centered K1") * _norm(B, "centered K2"))
+
+
+def _targets(y: Any, K: Tensor, arg: str = "y") -> Tensor:
+    """Targets as a float64 ``(N', C)`` matrix matching the square kernel ``K`` (``N' x N'``).
+
+    ``y`` (N,) float -> one column; (N,) integer labels -> one-hot (C = max label + 1); (N, C) as is.
+    For a full kernel read as ``(N O, N O)``, ``y`` of shape (N, O) (or integer labels) is
+    flattened to one column of length ``N O``."""
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor or numpy array, got {type(y).__name__}")
+    y = y.detach().to(K.device)
+    n = K.shape[0]
+    if y.dim() == 1 and not y.is_floating_point():
+        if y.numel() and int(y.min()) < 0:
+            raise ValueError(f"{arg}: integer labels must be >= 0 (one-hot encoded), got {int(y.min())}")
+        y = F.one_hot(y.long()).to(torch.float64)
+    y = y.to(torch.float64)
+    if y.dim() == 1:
+        y = y[:, None]
+    if y.dim() != 2:
+        raise ValueError(f"{arg} must have shape (N,) or (N, C), got {tuple(y.shape)}")
+    if y.shape[0] != n:
+        if y.shape[0] * y.shape[1] == n:  # full kernel (N O, N O) with targets (N, O)
+            return y.reshape(n, 1)
+        raise ValueError(f"{arg} has {y.shape[0]} rows but the kernel is {n} x {n}")
+    return y
+
+
+def kernel_target_alignment(K: Any, y: Any) -> float:
+    """Kernel-target alignment ``y^T K y / (||K||_F ||y||^2)`` (Cristianini et al. 2002).
+
+    ``y`` (N,) values, (N,) integer labels (one-hot encoded) or (N, C): then the numerator is
+    ``tr(Y^T K Y) = sum_c y_c^T K y_c`` and ``||y||^2 = ||Y||_F^2``. Equals ``<K, Y Y^T>_F /
+    (||K||_F ||Y||_F^2)``: 1 when ``K`` is proportional to ``Y Y^T`` (one target column). Scale-
+    invariant in ``K`` and ``y``. Cost O(N^2 C)."""
+    A = _square(_as64(K, "K"), "K")
+    Y = _targets(y, A)
+    yn2 = float((Y * Y).sum())
+    if yn2 == 0.0:
+        raise ValueError("y is identically zero: the alignment is undefined")
+    return float((Y * (A @ Y)).sum()) / (_norm(A, "K") * yn2)
+
+
+def spectrum_summary(K: Any, y: Any = None, k: int = 10) -> dict[str, Any]:
+    """Eigen-summary of a symmetric PSD kernel (``eigh`` in float64, O(N^3)).
+
+    Returns a dict with:
+
+    - ``eigenvalues``: all eigenvalues, descending (numpy float64 array);
+    - ``top``: the ``k`` largest; ``trace`` = ``sum_i lambda_i``;
+    - ``effective_rank``: ``exp(-sum_i p_i log p_i)`` with ``p_i = lambda_i / sum_j lambda_j`` over the
+      positive eigenvalues (Roy & Vetterli 2007); ``participation_ratio``:
+      ``(sum_i lambda_i)^2 / sum_i lambda_i^2``;
+    - ``condition_top_k``: ``lambda_1 / lambda_k``;
+    - with ``y``: ``y_topk_fraction`` ``= ||U_k^T Y||_F^2 / ||Y||_F^2``, the fraction of the target's
+      energy in the span of the top-``k`` eigenvectors ``U_k`` (targets as in
+      :func:`kernel_target_alignment`).
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    A = _square(_as64(K, "K"), "K")
+    A = 0.5 * (A + A.T)
+    evals, evecs = torch.linalg.eigh(A)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    k = min(k, A.shape[0])
+    lam = evals.cpu().numpy()
+    pos = lam[lam > 0]
+    if pos.size == 0:
+        raise ValueError("K has no positive eigenvalue: not a kernel matrix")
+    p = pos / pos.sum()
+    out: dict[str, Any] = {
+        "eigenvalues": lam,
+        "top": lam[:k].copy(),
+        "trace": float(lam.sum()),
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+        "participation_ratio": float(pos.sum() ** 2 / (pos**2).sum()),
+        "condition_top_k": float(lam[0] / lam[k - 1]) if lam[k - 1] > 0 else math.inf,
+        "k": k,
+    }
+    if y is not None:
+        Y = _targets(y, A)
+        yn2 = float((Y * Y).sum())
+        if yn2 == 0.0:
+            raise ValueError("y is identically zero: its top-k fraction is undefined")
+        out["y_topk_fraction"] = float((evecs[:, :k].T @ Y).pow(2).sum()) / yn2
+    return out
+
+
+# ------------------------------------------------------------------------------------------ models
+def _check_module(model: object, arg: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def relative_weight_change(
+    model: nn.Module, w0: nn.Module | dict[str, Tensor], per_layer: bool = False
+) -> float | dict[str, float]:
+    """Relative weight change ``||w - w0|| / ||w0||`` (Frobenius norm over all trainable weights).
+
+    ``w`` are the effective weights of ``model`` (:func:`lazylab.regimes.weights`: ``w0 + delta`` for a
+    lazy model); ``w0`` is a dict ``name -> tensor`` with the same names, or a module (its effective
+    weights are used, e.g. a ``copy.deepcopy`` taken at init). With ``per_layer`` returns
+    ``{name: ||w_l - w0_l|| / ||w0_l||, ..., "total": ...}`` (a zero ``w0_l`` gives the absolute
+    change). Cost O(#params)."""
+    _check_module(model, "model")
+    ref = weights(_check_module(w0, "w0")) if isinstance(w0, nn.Module) else w0
+    if not isinstance(ref, dict):
+        raise TypeError(f"w0 must be a dict name -> Tensor or an nn.Module, got {type(w0).__name__}")
+    w = weights(model)
+    missing = sorted(set(w) - set(ref))
+    if missing:
+        raise ValueError(f"w0 lacks the weights {missing}; it has {sorted(ref)}")
+    num = den = 0.0
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for n, t in w.items():
+            r = ref[n].to(t.device, torch.float64)
+            if r.shape != t.shape:
+                raise ValueError(f"w0[{n!r}] has shape {tuple(r.shape)}, the model's {tuple(t.shape)}")
+            d2 = float((t.to(torch.float64) - r).pow(2).sum())
+            n2 = float(r.pow(2).sum())
+            num, den = num + d2, den + n2
+            if per_layer:
+                out[n] = math.sqrt(d2 / n2) if n2 > 0 else math.sqrt(d2)
+    total = math.sqrt(num / den) if den > 0 else math.sqrt(num)
+    if per_layer:
+        out["total"] = total
+        return out
+    return total
+
+
+def linearization_error(model: nn.Module, linear_model: nn.Module, x: Tensor,
+                        relative: bool = False) -> float:
+    """Linearization error ``||f_w(x) - f_lin(x)||`` (Frobenius over the N points and outputs) of a
+    model against its linearized twin (e.g. :class:`lazylab.track.LinearizedTwin`'s ``twin``);
+    ``relative=True`` divides by ``||f_lin(x)||``. Both in eval mode, no grad. Cost: two forwards."""
+    _check_module(model, "model")
+    _check_module(linear_model, "linear_model")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    with torch.no_grad():
+        f, g = model(x), linear_model(x)
+    if f.shape != g.shape:
+        raise ValueError(f"model and linear_model give outputs of shapes {tuple(f.shape)} and "
+                         f"{tuple(g.shape)} on x")
+    f, g = f.to(torch.float64), g.to(torch.float64)
+    err = float(torch.linalg.vector_norm(f - g))
+    if relative:
+        return err / float(torch.linalg.vector_norm(g))
+    return err
+
+
+def _unit(d: dict[str, Tensor]) -> dict[str, Tensor]:
+    n = torch.sqrt(sum((t * t).sum() for t in d.values()))
+    return {k: t / n for k, t in d.items()}
+
+
+def _dnorm(d: dict[str, Tensor]) -> Tensor:
+    return torch.sqrt(sum((t * t).sum() for t in d.values()))
+
+
+def laziness_kappa(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    n_iter: int = 50,
+    n_restarts: int = 2,
+    tol: float = 1e-6,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    return_parts: bool = False,
+) -> float | dict[str, float]:
+    """Chizat et al.'s laziness coefficient (eq. 1) of the model ``h: w -> (f(w, x_n))_n`` at its
+    current weights ``w0`` (the trainable parameters), for the square loss with target ``y* = y``:
+
+        kappa = ||h(w0) - y*|| * ||D^2 h(w0)|| / ||Dh(w0)||^2.
+
+    ``h(w0)`` is the vector of all outputs on ``x`` (length ``N O``), ``||.||`` the Euclidean norm
+    (kappa is invariant to rescaling that norm, e.g. by ``1/sqrt(N)``). Lazy when ``kappa << 1``.
+
+    Operator norms, without forming the Jacobian ``J`` (``N O x P``) or any Hessian:
+
+    - ``||Dh|| = sigma_max(J)``: power iteration ``v <- J^T J v`` with one ``jvp`` and one ``vjp``
+      per step (``n_iter`` steps or relative change < ``tol``). Converges to the top singular value
+      from below.
+    - ``||D^2 h|| = sup_{|u|=|v|=1} ||D^2 h(w0)[u, v]||``, the operator norm of the symmetric
+      bilinear map. For a symmetric map this equals ``sup_{|u|=1, |c|=1} |c^T D^2 h[u, u]|``
+      (Banach), i.e. the largest spectral norm of the Hessians ``H_c`` of ``c^T h``. We maximise this
+      trilinear form by alternating power iteration (the higher-order power method):
+      ``g = D^2 h[u, u]`` (a jvp of a jvp), ``c <- g / ||g||``, ``u <- H_c u / ||H_c u||`` (a vjp of a
+      jvp: a Hessian-vector product), with ``n_restarts`` random starts (seeded by ``seed``); the
+      estimate is ``max ||D^2 h[u, u]||`` over the iterates. Like any power method on a
+      non-convex problem it is a **lower bound** that converges to a local maximum (the global one
+      for a single output, where it is plain power iteration on one Hessian).
+
+    ``y``: same shape as the output, or integer labels (one-hot encoded) for (N, C) outputs.
+    ``dtype``: run on a float64 (say) copy of the model. ``return_parts``: also return
+    ``residual`` ``= ||h(w0) - y*||``, ``dh_norm``, ``d2h_norm``.
+    Cost per power step: about 2 forward+backward passes on ``x`` (``||Dh||``) and 4 (``||D^2 h||``).
+    """
+    _check_module(model, "model")
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if not isinstance(n_iter, int) or n_iter < 1 or not isinstance(n_restarts, int) or n_restarts < 1:
+        raise ValueError(f"n_iter and n_restarts must be positive integers, got {n_iter}, {n_restarts}")
+    if dtype is not None:
+        model = copy.deepcopy(model).to(dtype)
+    p0 = next(model.parameters())
+    dev, dt = p0.device, (dtype or p0.dtype)
+    x = x.to(dev, dt if x.is_floating_point() else x.dtype)
+    was_training = model.training
+    model.eval()
+    named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if not named:
+        raise ValueError("model has no trainable parameters: kappa is undefined")
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    frozen.update({n: b for n, b in model.named_buffers()})
+
+    def h(params: dict[str, Tensor]) -> Tensor:
+        return functional_call(model, {**frozen, **params}, (x,), tie_weights=True).reshape(-1)
+
+    try:
+        with torch.no_grad():
+            out0 = h(named)
+        yv = y.to(dev)
+        if not yv.is_floating_point():
+            o = out0.numel() // x.shape[0]
+            yv = F.one_hot(yv.long(), o) if o > 1 else yv
+        yv = yv.to(out0.dtype).reshape(-1)
+        if yv.numel() != out0.numel():
+            raise ValueError(f"y has {yv.numel()} entries but the model gives {out0.numel()} outputs on x")
+        residual = float(torch.linalg.vector_norm((out0 - yv).to(torch.float64)))
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+        def rand_like_params() -> dict[str, Tensor]:
+            return _unit({n: torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dev, p.dtype)
+                          for n, p in named.items()})
+
+        # ||Dh||: power iteration on J^T J
+        _, vjp_fn = vjp(h, named)
+        v = rand_like_params()
+        sigma2 = 0.0
+        for _ in range(n_iter):
+            _, jv = jvp(h, (named,), (v,))
+            (jtjv,) = vjp_fn(jv)
+            new = float(_dnorm(jtjv))
+            if new == 0.0:
+                break
+            v = {n: t / new for n, t in jtjv.items()}
+            done = abs(new - sigma2) <= tol * new
+            sigma2 = new
+            if done:
+                break
+        dh_norm = math.sqrt(sigma2)
+
+        # ||D^2 h||: alternating power iteration on (c, u) -> c^T D^2h[u, u]
+        def second(u: dict[str, Tensor]) -> tuple[Tensor, Any]:
+            def g(params: dict[str, Tensor]) -> Tensor:  # w -> Dh(w)[u]
+                return jvp(h, (params,), (u,))[1]
+
+            _, bu = jvp(g, (named,), (u,))  # D^2 h[u, u]
+            _, hvp_fn = vjp(g, named)  # c -> H_c u
+            return bu, hvp_fn
+
+        best = 0.0
+        for _ in range(n_restarts):
+            u = rand_like_params()
+            val = 0.0
+            for _ in range(n_iter):
+                bu, hvp_fn = second(u)
+                new = float(torch.linalg.vector_norm(bu))
+                best = max(best, new)
+                if new == 0.0:
+                    break
+                (hu,) = hvp_fn(bu / new)
+                hn = float(_dnorm(hu))
+                if hn == 0.0:
+                    break
+                u = {n: t / hn for n, t in hu.items()}
+                done = abs(new - val) <= tol * new
+                val = new
+                if done:
+                    break
+        d2h_norm = best
+    finally:
+        model.train(was_training)
+    kappa = residual * d2h_norm / sigma2 if sigma2 > 0 else math.inf
+    if return_parts:
+        return {"kappa": kappa, "residual": residual, "dh_norm": dh_norm, "d2h_norm": d2h_norm}
+    return kappa
+
+
+def _gating_net(model: nn.Module) -> list[tuple[nn.Module, dict[str, Tensor] | None]]:
+    """The plain network(s) whose ReLU gates define ``model``'s activations, with the weights to
+    evaluate them at (None = the module's own)."""
+    if isinstance(model, Lazy):
+        eff = model.effective_weights()
+        if model.center == "symmetric":
+            return [(model.model, {k[2:]: v for k, v in eff.items() if k.startswith(p)})
+                    for p in ("a.", "b.")]
+        return [(model.model, eff)]
+    if isinstance(model, Linearized):  # gates frozen at w0 by construction
+        return [(model.model, model.params0)]
+    return [(model, None)]
+
+
+def _preact_signs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """Signs of the inputs of every ReLU-module call in the forward pass(es), in call order."""
+    signs: list[Tensor] = []
+
+    def hook(_m: nn.Module, inp: tuple[Tensor, ...]) -> None:
+        signs.append(torch.sign(inp[0].detach()))
+
+    for net, params in _gating_net(model):
+        handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, RELU_TYPES)]
+        try:
+            with torch.no_grad():
+                if params is None:
+                    net(x)
+                else:
+                    functional_call(net, params, (x,), tie_weights=True, strict=False)
+        finally:
+            for hd in handles:
+                hd.remove()
+    return signs
+
+
+def activation_stability(model0: nn.Module, model: nn.Module, x: Tensor, batch_size: int = 1024) -> float:
+    """Stability of activations (Chizat et al. 2019, App C.2): for each ReLU layer ``l`` (width
+    ``n_l``) and the N inputs ``x``, ``s_l = #{(i, j): sign z_ij(model) = sign z_ij(model0)} / (n_l N)``
+    with ``z`` the pre-activations; returns the mean of ``s_l`` over the ReLU layers.
+
+    ``model0`` is the network at init (e.g. a ``copy.deepcopy`` taken before training), ``model``
+    the same architecture after training. ReLU layers are the calls of ``nn.ReLU`` / ``nn.ReLU6`` /
+    ``nn.LeakyReLU`` modules in the forward pass (a module called twice counts as two layers;
+    ``F.relu`` calls are invisible). A :class:`lazylab.regimes.Lazy` model is evaluated at its
+    effective weights ``w0 + delta`` (both copies when symmetric); a
+    :class:`lazylab.regimes.Linearized` model's gates are those of ``w0`` (stability 1 by
+    construction). Both models run in eval mode in batches of ``batch_size``. Cost: two forwards.
+    """
+    _check_module(model0, "model0")
+    _check_module(model, "model")
+    if not isinstance(x, Tensor) or x.shape[0] == 0:
+        raise ValueError("x must be a non-empty tensor of inputs")
+    modes = (model0.training, model.training)
+    model0.eval()
+    model.eval()
+    same: list[float] = []
+    total: list[float] = []
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            s0 = _preact_signs(model0, xb.to(next(model0.parameters()).device))
+            s1 = _preact_signs(model, xb.to(next(model.parameters()).device))
+            if not s0:
+                raise ValueError(
+                    f"model0 ({type(model0).__name__}) has no nn.ReLU/ReLU6/LeakyReLU module called in "
+                    "its forward pass: activation stability is defined for ReLU networks")
+            if len(s0) != len(s1) or any(a.shape != b.shape for a, b in zip(s0, s1)):
+                raise ValueError("model0 and model have different ReLU layers (architectures differ)")
+            if not same:
+                same, total = [0.0] * len(s0), [0.0] * len(s0)
+            for j, (a, b) in enumerate(zip(s0, s1)):
+                same[j] += float((a == b.to(a.device)).sum())
+                total[j] += a.numel()
+    finally:
+        model0.train(modes[0])
+        model.train(modes[1])
+    return float(np.mean([s / t for s, t in zip(same, total)]))

@@ -63,6 +63,11 @@ def test_plain_gd_fits_an_easy_instance_and_is_deterministic():
     assert runs[0].history[0][1] > 0.5
     assert runs[0].rel_error < 0.05
     assert runs[0].rel_error == runs[1].rel_error and runs[0].steps == runs[1].steps
+    # the reported error is the final model's (recomputed independently, densely)
+    with torch.no_grad():
+        dense = (model.cp().dense() - target.dense()).norm() / target.dense().norm()
+    assert abs(runs[1].rel_error - dense.item()) < 1e-5
+    assert runs[1].history[-1] == (runs[1].steps, runs[1].rel_error)
     errs = [e for _, e in runs[0].history]
     assert errs[-1] < errs[0]
 

@@ -96,9 +96,10 @@ def _run_gd(model: TensorModel, objective, steps: int, lr: float, record_every: 
         if not torch.isfinite(loss):
             diverged = True
             break
-        if step % record_every == 0 or step == steps:
+        done = (err <= tol and step >= stop_from) or step == steps
+        if step % record_every == 0 or done:
             hist.append((step, err))
-        if (err <= tol and step >= stop_from) or step == steps:
+        if done:
             break
         loss.backward()
         opt.step()

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "random_features": "lazylab.regimes",
     "Lazy": "lazylab.regimes",
     "Linearized": "lazylab.regimes",
+    "apply_regime": "lazylab.regimes",
     # models
     "TwoLayerNet": "lazylab.models",
     "MLP": "lazylab.models",

@@ -31,6 +31,8 @@ __all__ = [
     "weights",
     "trainable_names",
     "CENTER_MODES",
+    "REGIMES",
+    "apply_regime",
 ]
 
 CENTER_MODES = ("copy", "symmetric", "none")
@@ -316,3 +318,21 @@ def weights(model: nn.Module) -> dict[str, Tensor]:
     if isinstance(model, (Lazy, Linearized)):
         return model.effective_weights()
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+REGIMES = ("full", "lazy", "linearized", "random_features")
+
+
+def apply_regime(model: nn.Module, regime: str, **kwargs: object) -> nn.Module:
+    """A regime by name: ``"full"`` (the model itself), ``"lazy"`` (kwargs of :func:`lazy`: alpha,
+    center, compute_dtype), ``"linearized"`` (kwargs of :func:`linearize`: center) or
+    ``"random_features"`` (kwargs: trainable). For configs and command lines."""
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    _check_module(model)
+    if regime == "full":
+        if kwargs:
+            raise TypeError(f"regime 'full' takes no options, got {sorted(kwargs)}")
+        return model
+    fn = {"lazy": lazy, "linearized": linearize, "random_features": random_features}[regime]
+    return fn(model, **kwargs)  # type: ignore[operator]

@@ -364,7 +364,8 @@ def train(
             rec.update(t(state))
         history.records.append(rec)
 
-    show = progress if progress is not None else (sys.stderr.isatty() and total >= 500)
+    show = progress if progress is not None else (
+        sys.stderr.isatty() and total >= 500 and not os.environ.get("LAZYLAB_NO_PROGRESS"))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=start, disable=not show, desc="train", leave=False)

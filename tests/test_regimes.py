@@ -224,3 +224,12 @@ def test_weights_of_lazy_are_w0_plus_delta():
     with torch.no_grad():
         lz.delta["hidden__weight"].fill_(0.5)
     assert torch.allclose(lazylab.regimes.weights(lz)["hidden.weight"], w0 + 0.5)
+
+
+def test_apply_regime_by_name():
+    net = lazylab.TwoLayerNet(3, 4)
+    assert lazylab.apply_regime(net, "full") is net
+    assert isinstance(lazylab.apply_regime(lazylab.TwoLayerNet(3, 4), "lazy", alpha=2.0), lazylab.Lazy)
+    assert isinstance(lazylab.apply_regime(lazylab.TwoLayerNet(3, 4), "linearized"), lazylab.Linearized)
+    with pytest.raises(ValueError, match="regime must be one of.*random_features"):
+        lazylab.apply_regime(net, "ntk")

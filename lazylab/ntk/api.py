@@ -63,7 +63,7 @@ def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, ou
     cost = {
         "jacobian": nf * o * (3 * fwd + 4 * p) + pairs * o * oo * p,
         "ntvp": n2 * o * (n1 + n2) * 3 * fwd,
-        "structured": nf * o * (2 * fwd + 4 * rest) + pairs * (st.flops_per_entry() * oo
+        "structured": nf * o * (2 * fwd + 4 * rest) + pairs * (st.flops_per_entry()
                                                                + o * oo * rest),
     }
     if not st.groups:
@@ -184,8 +184,8 @@ def ntk(
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
-        if method == "structured" and block_size is None:
-            st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], b)
+        if method == "structured":
+            st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
                                              chunk_size=_ntvp_chunk(problem, o)),

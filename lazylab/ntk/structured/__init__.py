@@ -82,8 +82,27 @@ def _candidates(problem: Problem) -> list[Group]:
     return groups
 
 
+def _cotangents(y: Tensor, outs: list[Tensor]) -> list[Tensor]:
+    """``d y[:, a].sum() / d out`` for every recorded output, stacked over ``a``: ``(O, *out)``.
+
+    ``O`` backward passes down to the recorded outputs (a vmapped ``is_grads_batched`` backward
+    was measured 3-5x slower for convolutions on CPU).
+    """
+    o = y.shape[1]
+    res = [torch.zeros((o, *t.shape), dtype=t.dtype, device=t.device) for t in outs]
+    for a in range(o):
+        gs = torch.autograd.grad(y[:, a].sum(), outs, retain_graph=a < o - 1, allow_unused=True)
+        for r, g in zip(res, gs):
+            if g is not None:
+                r[a] = g
+    return res
+
+
 def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Per group ``(A (N, T, d_in), G (O, N, T, d_out))`` for the inputs ``x``."""
+    """Per group ``(A (N, d_in, T), G (O, N, d_out, T))`` for the inputs ``x``.
+
+    ``T`` = positions (1 for a plain linear layer), concatenated over the calls of a shared layer.
+    """
     ins: list[list[Tensor]] = [[] for _ in groups]
     outs: list[list[Tensor]] = [[] for _ in groups]
     handles = []
@@ -101,13 +120,9 @@ def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tens
     finally:
         for h in handles:
             h.remove()
-    n, o = y.shape
+    n = y.shape[0]
     flat = [t for lst in outs for t in lst]
-    grads: list[list[Tensor]] = [[] for _ in flat]
-    for a in range(o):
-        gs = torch.autograd.grad(y[:, a].sum(), flat, retain_graph=a < o - 1, allow_unused=True)
-        for j, (t, g) in enumerate(zip(flat, gs)):
-            grads[j].append(torch.zeros_like(t) if g is None else g)
+    cots = _cotangents(y, flat) if flat else []
     result, j = [], 0
     for i, g in enumerate(groups):
         a_rows, g_rows = [], []
@@ -115,11 +130,14 @@ def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tens
             if inp.shape[0] != n:
                 raise _Untrusted(g)
             a_rows.append(g.rule.rows_in(g.module, inp))
-            g_rows.append(g.rule.rows_out(g.module, torch.stack(grads[j]).detach()))
+            g_rows.append(g.rule.rows_out(g.module, cots[j].detach()))
             j += 1
         if not a_rows:
             raise _Untrusted(g)
-        result.append((torch.cat(a_rows, 1), torch.cat(g_rows, 2)))
+        if len(a_rows) == 1:
+            result.append((a_rows[0], g_rows[0]))
+        else:
+            result.append((torch.cat(a_rows, -1), torch.cat(g_rows, -1)))
     return result
 
 
@@ -129,13 +147,18 @@ class _Untrusted(Exception):
 
 
 def explicit_features(group: Group, a: Tensor, g: Tensor) -> list[Tensor]:
-    """Per-example gradients ``[(N, O, d_out d_in), (N, O, d_out)]`` of the selected parameters."""
+    """Per-example gradients ``[(N, O, d_out d_in), (N, O, d_out)]`` of the selected parameters.
+
+    ``J_W[n, o] = G[o, n] A[n]^T`` (``(d_out, T) @ (T, d_in)``): one batched matmul per output.
+    """
     feats = []
+    o, n, d, t = g.shape
     if group.weight is not None:
-        jw = torch.einsum("onpd,npi->nodi", g, a)
-        feats.append(jw.reshape(jw.shape[0], jw.shape[1], -1))
+        gn = g[0] if o == 1 else g.transpose(0, 1).reshape(n, o * d, t)
+        jw = torch.bmm(gn, a.transpose(1, 2))  # (N, O d, d_in)
+        feats.append(jw.reshape(n, o, -1))
     if group.bias is not None:
-        feats.append(g.sum(2).transpose(0, 1))
+        feats.append(g.sum(3).transpose(0, 1))
     return feats
 
 
@@ -143,27 +166,35 @@ def gram_block(group: Group, s1: tuple[Tensor, Tensor], s2: tuple[Tensor, Tensor
                output: str) -> Tensor:
     """Kernel of one layer from ``(A, G)`` of both tiles, without forming per-example gradients."""
     (a1, g1), (a2, g2) = s1, s2
-    o, n1, t1, d = g1.shape
-    n2, t2 = g2.shape[1], g2.shape[2]
+    o, n1, d, t1 = g1.shape
+    n2, t2 = g2.shape[1], g2.shape[3]
     w, b = float(group.weight is not None), float(group.bias is not None)
     if t1 == 1 and t2 == 1:
-        ag = a1[:, 0] @ a2[:, 0].T * w + b if w else torch.full(
-            (n1, n2), b, dtype=g1.dtype, device=g1.device)
+        if w:
+            ag = a1[:, :, 0] @ a2[:, :, 0].T
+            if b:
+                ag += b
+        else:
+            ag = torch.full((n1, n2), b, dtype=g1.dtype, device=g1.device)
+        g1, g2 = g1[..., 0], g2[..., 0]  # (O, N, d)
         if output == "trace":
-            gg = g1[:, :, 0].transpose(0, 1).reshape(n1, -1) @ g2[:, :, 0].transpose(0, 1).reshape(
-                n2, -1).T
-            return ag * gg
+            if o == 1:
+                gg = g1[0] @ g2[0].T
+            else:
+                gg = g1.transpose(0, 1).reshape(n1, -1) @ g2.transpose(0, 1).reshape(n2, -1).T
+            return gg.mul_(ag)
         if output == "full":
             gg = (g1.reshape(o * n1, d) @ g2.reshape(o * n2, d).T).reshape(o, n1, o, n2)
             return ag[:, :, None, None] * gg.permute(1, 3, 0, 2)
-        gg = torch.bmm(g1[:, :, 0], g2[:, :, 0].transpose(1, 2))
-        return ag[:, :, None] * gg.permute(1, 2, 0)
-    ag = (a1.reshape(n1 * t1, -1) @ a2.reshape(n2 * t2, -1).T) * w + b
+        return ag[:, :, None] * torch.bmm(g1, g2.transpose(1, 2)).permute(1, 2, 0)
+    ag = (a1.transpose(1, 2).reshape(n1 * t1, -1) @ a2.transpose(1, 2).reshape(n2 * t2, -1).T)
+    ag = ag * w + b
     if output == "trace":
-        gg = g1.permute(1, 2, 0, 3).reshape(n1 * t1, -1) @ g2.permute(1, 2, 0, 3).reshape(
+        gg = g1.permute(1, 3, 0, 2).reshape(n1 * t1, -1) @ g2.permute(1, 3, 0, 2).reshape(
             n2 * t2, -1).T
         return (ag * gg).reshape(n1, t1, n2, t2).sum((1, 3))
-    gg = torch.bmm(g1.reshape(o, n1 * t1, d), g2.reshape(o, n2 * t2, d).transpose(1, 2))
+    gg = torch.bmm(g1.transpose(2, 3).reshape(o, n1 * t1, d),
+                   g2.transpose(2, 3).reshape(o, n2 * t2, d).transpose(1, 2))
     return (ag * gg).reshape(o, n1, t1, n2, t2).sum((2, 4)).permute(1, 2, 0)
 
 
@@ -189,12 +220,14 @@ class StructuredEngine:
     def __init__(self, problem: Problem, output: str, acc_dtype: torch.dtype | None,
                  probe: Tensor, tile: int) -> None:
         self.problem, self.output, self.acc_dtype = problem, output, acc_dtype
-        self.groups = self._plan(probe, tile)
+        self.n_out = 1
+        self.groups = self._plan(probe)
+        self.set_tile(tile)
         covered = {n for g in self.groups for n in g.names}
         self.rest = [n for n in problem.params if n not in covered]
 
-    def _plan(self, probe: Tensor, tile: int) -> list[Group]:
-        groups = _candidates(self.problem)
+    def _plan(self, probe: Tensor) -> list[Group]:
+        groups, rec = _candidates(self.problem), []
         while groups:
             try:
                 rec = capture(self.problem, groups, probe)
@@ -210,14 +243,16 @@ class StructuredEngine:
                 "batch not on axis 0); those parameters use the Jacobian path.",
                 RuntimeWarning, stacklevel=4)
             groups = [g for g in groups if g not in bad]
-        o = None
-        for g in groups:
-            a, gg = rec[groups.index(g)]
-            o = gg.shape[0]
-            g.t, g.d_in, g.d_out = a.shape[1], a.shape[2], gg.shape[3]
-            g.explicit = explicit_cost(g.t, g.d_in, g.d_out, o, self.output, tile) < gram_cost(
-                g.t, g.d_in, g.d_out, o, self.output)
+        for g, (a, gg) in zip(groups, rec):
+            self.n_out = gg.shape[0]
+            g.t, g.d_in, g.d_out = a.shape[2], a.shape[1], gg.shape[2]
         return groups
+
+    def set_tile(self, tile: int) -> None:
+        """Per layer, the cheaper of the Gram and explicit rules for tiles of ``tile`` examples."""
+        for g in self.groups:
+            g.explicit = explicit_cost(g.t, g.d_in, g.d_out, self.n_out, self.output, tile) < (
+                gram_cost(g.t, g.d_in, g.d_out, self.n_out, self.output))
 
     def _verify(self, groups: list[Group], rec: list, probe: Tensor) -> list[Group]:
         names = [n for g in groups for n in g.names]
@@ -231,9 +266,9 @@ class StructuredEngine:
         for g, (a, gg) in zip(groups, rec):
             rebuilt = {}
             if g.weight is not None:
-                rebuilt[g.weight] = torch.einsum("onpd,npi->di", gg, a)
+                rebuilt[g.weight] = torch.einsum("ondp,nip->di", gg, a)
             if g.bias is not None:
-                rebuilt[g.bias] = gg.sum((0, 1, 2))
+                rebuilt[g.bias] = gg.sum((0, 1, 3))
             for n, r in rebuilt.items():
                 t = true[n]
                 t = torch.zeros_like(r) if t is None else t.reshape(r.shape)
@@ -266,7 +301,7 @@ class StructuredEngine:
 
     def flops_per_entry(self) -> float:
         """Contraction multiply-adds per kernel entry (used by the ``auto`` cost model)."""
-        o = 1
+        o = self.n_out
         return sum(
             explicit_cost(g.t, g.d_in, g.d_out, o, self.output, 1 << 30) if g.explicit
             else gram_cost(g.t, g.d_in, g.d_out, o, self.output) for g in self.groups)

@@ -43,7 +43,7 @@ def supports(module: nn.Module) -> bool:
 
 
 def rows_in(module: nn.Module, x: Tensor) -> Tensor:
-    """Layer input ``(N, C_in, *spatial)`` -> unfolded rows ``(N, P, C_in k)``."""
+    """Layer input ``(N, C_in, *spatial)`` -> unfolded ``(N, C_in k, P)``."""
     pad = _padding(module)
     if isinstance(module, nn.Conv1d):
         x4 = x.unsqueeze(2)
@@ -52,12 +52,12 @@ def rows_in(module: nn.Module, x: Tensor) -> Tensor:
     else:
         u = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad,
                      stride=module.stride)
-    return u.transpose(1, 2)
+    return u
 
 
 def rows_out(module: nn.Module, g: Tensor) -> Tensor:
-    """Output cotangent ``(O, N, C_out, *spatial)`` -> ``(O, N, P, C_out)``."""
-    return g.reshape(g.shape[0], g.shape[1], module.out_channels, -1).transpose(2, 3)
+    """Output cotangent ``(O, N, C_out, *spatial)`` -> ``(O, N, C_out, P)``."""
+    return g.reshape(g.shape[0], g.shape[1], module.out_channels, -1)
 
 
 def weight_matrix_shape(module: nn.Module) -> tuple[int, int]:

@@ -17,13 +17,13 @@ def supports(module: nn.Module) -> bool:
 
 
 def rows_in(module: nn.Linear, x: Tensor) -> Tensor:
-    """Layer input ``(N, ..., d_in)`` -> rows ``(N, T, d_in)``."""
-    return x.reshape(x.shape[0], -1, module.in_features)
+    """Layer input ``(N, ..., d_in)`` -> ``(N, d_in, T)`` (a view for plain ``(N, d_in)``)."""
+    return x.reshape(x.shape[0], -1, module.in_features).transpose(1, 2)
 
 
 def rows_out(module: nn.Linear, g: Tensor) -> Tensor:
-    """Output cotangent ``(O, N, ..., d_out)`` -> ``(O, N, T, d_out)``."""
-    return g.reshape(g.shape[0], g.shape[1], -1, module.out_features)
+    """Output cotangent ``(O, N, ..., d_out)`` -> ``(O, N, d_out, T)``."""
+    return g.reshape(g.shape[0], g.shape[1], -1, module.out_features).transpose(2, 3)
 
 
 def weight_matrix_shape(module: nn.Linear) -> tuple[int, int]:

@@ -280,3 +280,15 @@ def test_errors():
         ntk(model, [[1.0] * 5])
     with pytest.raises(TypeError, match="model must be"):
         ntk(lambda t: t, x)
+
+
+def test_tiling_without_feature_cache(monkeypatch):
+    """Column-tile features are cached up to MEMORY_BUDGET; with no budget they are recomputed."""
+    import lazylab.ntk.api as api
+
+    model = Shared().double()
+    x = torch.randn(10, 4).double()
+    ref = naive_ntk(model, x)
+    monkeypatch.setattr(api, "MEMORY_BUDGET", 0)
+    for method in ("structured", "jacobian"):
+        assert rel_err(ntk(model, x, method=method, block_size=3), ref) < 1e-10

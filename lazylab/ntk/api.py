@@ -127,7 +127,8 @@ def ntk(
             gives the random-features kernel.
         block_size: tile size; ``x1 x x2`` is computed in ``block_size x block_size`` tiles
             (default: as large as fits about 1 GiB of per-tile features). Peak memory is the
-            output plus the features of two tiles.
+            output plus the features of two tiles plus a cache of column-tile features (at most
+            1 GiB; tiles beyond it are recomputed).
         dtype, device: compute dtype / device (default: the model's). The model is not modified.
         accumulate_dtype: e.g. ``torch.float64``: every contraction (sum over parameters) and the
             returned kernel use this dtype while the network runs in ``dtype``.
@@ -199,6 +200,15 @@ def _ntvp_chunk(problem: Problem, o: int) -> int:
     return max(1, MEMORY_BUDGET // (4 * problem.n_params * item))
 
 
+def _nbytes(obj: object) -> int:
+    """Bytes held by the tensors in a (nested) tile-feature structure."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
 def _transpose(blk: Tensor, output: str) -> Tensor:
     """``K(x2, x1)`` from ``K(x1, x2)``: swap the example axes (and the output axes if full)."""
     return blk.permute(1, 0, 3, 2) if output == "full" else blk.transpose(0, 1)
@@ -225,13 +235,29 @@ def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: i
     if show:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(pairs), desc=f"ntk {n1}x{n2} tiles", unit="tile")
+    cache: dict[int, object] = {}  # column-tile features kept while they fit MEMORY_BUDGET
+    cached = [0]
+
+    def column(j: int, c: slice) -> object:
+        if j in cache:
+            return cache[j]
+        s = engine.prepare(x2[c])
+        size = _nbytes(s)
+        if cached[0] + size <= MEMORY_BUDGET:
+            cache[j] = s
+            cached[0] += size
+        return s
+
     try:
         for i, r in enumerate(rows):
-            s1 = engine.prepare(x1[r])
+            s1 = cache[i] if symmetric and i in cache else engine.prepare(x1[r])
+            if symmetric and i not in cache and cached[0] + _nbytes(s1) <= MEMORY_BUDGET:
+                cache[i] = s1
+                cached[0] += _nbytes(s1)
             for j, c in enumerate(cols):
                 if symmetric and j > i:
                     break
-                s2 = s1 if symmetric and i == j else engine.prepare(x2[c])
+                s2 = s1 if symmetric and i == j else column(j, c)
                 blk = engine.block(s1, s2).to(dtype)
                 out[r, c] = _symmetrize(blk, output) if symmetric and i == j else blk
                 if symmetric and i != j:

@@ -262,3 +262,14 @@ def test_resume_of_finished_run_runs_nothing(existing_run, capsys):
     assert main(["run", "regimes-demo", *TWO_CELLS, "--out", str(existing_run), "--resume"]) == 0
     assert "2 already done, 0 to run" in capsys.readouterr().out
     assert load_results(existing_run).equals(before)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["run", "regimes-demo", *TWO_CELLS, "--device", "cuda",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -173,3 +173,16 @@ def test_hash_ignores_key_order_and_tuples(d):
     assert json.loads(canonical_json(d)) == json.loads(json.dumps(d))
     tup = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     assert config_hash(tup) == config_hash(d)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(-5, 5), min_size=1, max_size=4, unique=True),
+       st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=3, unique=True),
+       st.lists(st.booleans(), min_size=1, max_size=2, unique=True))
+def test_grid_size_and_ids_for_any_sweep(seeds, lrs, flags):
+    r = resolve(Cfg, None, None, {"seed": seeds, "lr": lrs, "flag": flags})
+    cells = grid(r)
+    assert len(cells) == len(seeds) * len(lrs) * len(flags)
+    assert len({c.id for c in cells}) == len(cells)
+    assert {(c.config["seed"], c.config["lr"], c.config["flag"]) for c in cells} == set(
+        itertools.product(seeds, [float(x) for x in lrs], flags))

@@ -1,0 +1,81 @@
+"""Speed-up of a sweep with 2 workers: local process pool and Dask LocalCluster vs in-process.
+
+Question: does an 8-cell CPU-bound sweep run ~2x faster on 2 workers? Target: >= 1.8x.
+
+Workload: ``lazylab run regimes-demo`` with 8 cells (alpha in {1, 4, 16, 64} x seed in {0, 1}),
+each a full-batch GD run of a width-2000 two-layer net (one torch thread per cell everywhere,
+so 1 worker = 1 core). Every configuration runs the same cells in this process's timer:
+
+* ``wall``: the whole ``run_experiment`` call (pool / cluster start, imports in the workers,
+  store writes and the report included) — what a user waits for;
+* ``cells``: the makespan of the cells, from the first cell start to the last cell end as
+  recorded in the store (excludes process start-up).
+
+The machine may be shared: the load average is printed before and after; read the ratios with it.
+Run: ``.venv/bin/python benchmarks/bench_sweep.py [--steps 600] [--repeat 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from lazylab.lab.runner import run_experiment
+from lazylab.lab.store import Store, load_results
+
+
+def one(out: Path, executor: str, workers: int, steps: int) -> tuple[float, float, object]:
+    t0 = time.perf_counter()
+    run_experiment("regimes-demo", set={"m": 2000, "n_train": 256, "n_test": 256, "d": 20,
+                                        "steps": steps, "n_track": 5},
+                   sweep={"alpha": [1.0, 4.0, 16.0, 64.0], "seed": [0, 1]}, out=out,
+                   executor=executor, workers=workers, threads=1, progress=False, echo=False)
+    wall = time.perf_counter() - t0
+    with Store.open_readonly(out) as st:
+        cells = st.cells()
+    makespan = max(c["finished"] for c in cells) - min(c["started"] for c in cells)
+    df = load_results(out).sort_values(["cell_id", "step"]).reset_index(drop=True)
+    return wall, makespan, df
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=600, help="GD steps per cell (cell cost)")
+    ap.add_argument("--repeat", type=int, default=1, help="repeats; the best time is kept")
+    args = ap.parse_args()
+    print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()}", flush=True)
+    configs = [("in-process (local, 1 worker)", "local", 1), ("local, 2 processes", "local", 2),
+               ("dask LocalCluster, 1 worker", "dask", 1),
+               ("dask LocalCluster, 2 workers", "dask", 2)]
+    res: dict[str, tuple[float, float]] = {}
+    ref = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, ex, w in configs:
+            best = (float("inf"), float("inf"))
+            for r in range(args.repeat):
+                wall, span, df = one(Path(tmp) / f"{ex}{w}-{r}", ex, w, args.steps)
+                best = (min(best[0], wall), min(best[1], span))
+                if ref is None:
+                    ref = df
+                else:  # same seeds -> same records on every executor
+                    assert df.equals(ref), f"{label}: records differ"
+            res[label] = best
+            print(f"{label:32s} wall {best[0]:7.2f} s   cells {best[1]:7.2f} s", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+    b_wall, b_cells = res[configs[0][0]]
+    d1_wall, d1_cells = res[configs[2][0]]
+    print("speed-ups (ratio of times; target >= 1.8 on 2 workers):")
+    for label, base_wall, base_cells, key in (
+            ("local 2 processes vs in-process", b_wall, b_cells, configs[1][0]),
+            ("dask 2 workers vs in-process", b_wall, b_cells, configs[3][0]),
+            ("dask 2 workers vs dask 1 worker", d1_wall, d1_cells, configs[3][0])):
+        w, c = res[key]
+        print(f"  {label:34s} wall {base_wall / w:5.2f}x   cells {base_cells / c:5.2f}x")
+    print("records identical across all executors: yes")
+
+
+if __name__ == "__main__":
+    main()

@@ -108,6 +108,14 @@ def test_cli_bad_input_clear_errors(tmp_path, capsys, monkeypatch):
     torch.save([1, 2], tmp_path / "list.pt")
     assert "must hold a dict" in err(["--model", "two_layer", "--data", str(tmp_path / "list.pt")])
     assert "does not exist" in err(["--model", "two_layer", "--data", str(tmp_path / "none.npz")])
+    torch.save({"X": [[1.0, 2.0]] * 3, "y": torch.zeros(3)}, tmp_path / "lists.pt")
+    assert "X must be a tensor or array, got list" in err(["--model", "two_layer", "--data",
+                                                           str(tmp_path / "lists.pt")])
+    # through the main `lazylab` command
+    from lazylab.lab.cli import main
+
+    assert main(["diagnose", "--model", "resnet9000", "--data", "teacher"]) == 2
+    assert "unknown model 'resnet9000'" in capsys.readouterr().err
     # the API refuses non-modules too
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         diagnose(lambda x: x, _task()[0])

@@ -22,10 +22,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+if TYPE_CHECKING:  # torch is imported when the command runs, not when the CLI parser is built
+    from torch import Tensor, nn
 
 __all__ = ["add_parser", "run", "main", "MODELS", "DATASETS", "build_model", "load_data"]
 
@@ -100,17 +100,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------- data
 def _as_tensor(v: Any, name: str, path: Path) -> Tensor:
     import numpy as np
+    import torch
 
     if isinstance(v, np.ndarray):
         if v.dtype == object:
             raise ValueError(f"data file {path}: {name} must be a numeric array, got dtype object")
         v = torch.from_numpy(v)
-    if not isinstance(v, Tensor):
+    if not isinstance(v, torch.Tensor):
         raise TypeError(f"data file {path}: {name} must be a tensor or array, got {type(v).__name__}")
     return v
 
 
 def _check_xy(X: Tensor, y: Tensor, where: str, xs: str = "X", ys: str = "y") -> tuple[Tensor, Tensor]:
+    import torch
+
     if X.dim() < 2:
         raise ValueError(f"{where}: {xs} must have shape (N, features...) with N examples, "
                          f"got {tuple(X.shape)}")
@@ -132,6 +135,8 @@ def _check_xy(X: Tensor, y: Tensor, where: str, xs: str = "X", ys: str = "y") ->
 
 def load_file(path: str | os.PathLike) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
     """Read ``X, y`` (and optional ``X_test, y_test``) from a ``.pt`` dict or an ``.npz`` file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -237,18 +242,24 @@ def build_model(spec: str, settings: dict[str, Any], X: Tensor, y: Tensor) -> tu
         keys = ("width", "depth", "init")
         _unknown({k: v for k, v in s.items() if k not in keys}, "small_cnn", keys)
         net = SmallCNN(X.shape[1], out, **s)
-        return (_Squeeze(net) if out == 1 else net), X
+        return (_squeeze(net) if out == 1 else net), X
     raise ValueError(f"unknown model {spec!r}: built-in models are {list(MODELS)}, or give a factory "
                      "as module:function")
 
 
-class _Squeeze(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+def _squeeze(net: nn.Module) -> nn.Module:
+    """``net`` with its single output column squeezed: (N, 1) -> (N,)."""
+    from torch import nn
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).squeeze(-1)
+    class Squeeze(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x).squeeze(-1)
+
+    return Squeeze(net)
 
 
 def _factory(spec: str, s: dict[str, Any], X: Tensor, out: int) -> nn.Module:
@@ -274,6 +285,8 @@ def _factory(spec: str, s: dict[str, Any], X: Tensor, out: int) -> nn.Module:
         s["d"] = int(X[0].numel())
     if "out_dim" in params and "out_dim" not in s:
         s["out_dim"] = out
+    from torch import nn
+
     net = fn(**s)
     if not isinstance(net, nn.Module):
         raise TypeError(f"model factory {spec!r} returned {type(net).__name__}; it must return a "
@@ -284,6 +297,8 @@ def _factory(spec: str, s: dict[str, Any], X: Tensor, out: int) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     """Run ``lazylab diagnose`` from parsed arguments; prints the verdict and report.md's path."""
+    import torch
+
     from lazylab.diagnosis import diagnose
 
     if args.threads is not None:

@@ -18,6 +18,7 @@ Run lazylab's experiments (paper reproductions) with one command.
   lazylab list                                   the experiments, one line each
   lazylab run NAME [--preset quick|paper]        run one; prints the path of report.md
   lazylab report DIR                             rebuild DIR's report from its stored results
+  lazylab diagnose --model M --data D            how lazy is this run? (see lazylab diagnose -h)
 
 Config: defaults -> the preset's values -> --set key=value. Grid: the preset's sweep plus
 --sweep key=v1,v2,... (the CLI wins on the same key); every combination is one cell.
@@ -46,7 +47,7 @@ See docs/lab.md.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazylab", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{list,run,report}")
+    sub = p.add_subparsers(dest="command", metavar="{list,run,report,diagnose}")
     sub.required = True
 
     sub.add_parser("list", help="list the registered experiments with their presets",
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Rebuild summary.json, figures/ and report.md of DIR from "
                                     "DIR/results.sqlite, without training.")
     rp.add_argument("dir", metavar="DIR", help="a run folder (holds results.sqlite)")
+    from lazylab.lab import diagnose_cli  # `lazylab diagnose` (lazylab/lab/diagnose_cli.py)
+
+    diagnose_cli.add_parser(sub)
     return p
 
 
@@ -113,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _cmd_list()
+        if args.command == "diagnose":
+            from lazylab.lab import diagnose_cli
+
+            return diagnose_cli.run(args)
         if args.command == "report":
             from lazylab.lab.report import build_report
 

@@ -419,6 +419,7 @@ def _crossover_figure(res: CrossoverResult) -> Any:
     import matplotlib.pyplot as plt
 
     t = res.table.sort_values("alpha")
+    t = t.assign(test_error=t["test_error"].where(t["stopped"] != "diverged"))  # no curve through blow-ups
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(t["alpha"], t["kernel_rel_change"], "o-", color="C0", label="‖K_T − K_0‖/‖K_0‖")
     ax.axhline(res.threshold, color="C0", ls=":", lw=1)
@@ -431,7 +432,9 @@ def _crossover_figure(res: CrossoverResult) -> Any:
     lines = ax.get_legend_handles_labels()
     l2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + l2[0], lines[1] + l2[1], fontsize=8, loc="lower left")
-    ax.set_title("lazy ↔ feature crossover")
+    div = res.table.loc[res.table["stopped"] == "diverged", "alpha"]
+    ax.set_title("lazy ↔ feature crossover" + (f" (diverged: α = {', '.join(f'{a:g}' for a in div)})"
+                                                if len(div) else ""))
     fig.tight_layout()
     return fig
 

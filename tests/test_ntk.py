@@ -292,3 +292,10 @@ def test_tiling_without_feature_cache(monkeypatch):
     monkeypatch.setattr(api, "MEMORY_BUDGET", 0)
     for method in ("structured", "jacobian"):
         assert rel_err(ntk(model, x, method=method, block_size=3), ref) < 1e-10
+
+
+def test_dtype_argument_does_not_touch_the_model():
+    model, x = CNN(), torch.randn(4, 2, 6, 6)
+    k = ntk(model, x, dtype=torch.float64, method="structured")
+    assert k.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    assert rel_err(k, naive_ntk(model, x)) < 1e-10

@@ -91,3 +91,16 @@ def test_bad_arguments():
         tangent_residual(point, _point(2, 4, 3, 0))
     with pytest.raises(TypeError, match="SymCP"):
         tangent_gram(torch.zeros(3))
+
+
+def test_order4_tangent_rank_is_min_of_md_and_dim_sym4():
+    d = 6
+    dim = dim_sym(d, 4)                                              # C(9, 4) = 126
+    target = random_ground_truth(d, 1, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for m, expect_zero in [(10, False), (22, True)]:                 # m d = 60 and 132
+        model = TensorModel(d, m, 4, generator=torch.Generator().manual_seed(m), dtype=F64)
+        res = tangent_lstsq(SymCP(model.c.detach(), model.u.detach(), 4), target)
+        assert res["rank"] == min(m * d, dim)
+        assert (abs(res["rel_residual"]) < 1e-8) == expect_zero
+        if not expect_zero:
+            assert res["rel_residual"] > 0.2

@@ -73,17 +73,19 @@ def _gen(*keys: int):
     return torch.Generator().manual_seed(s)
 
 
-def _tangent_part(cfg: WangTensorConfig, dtype) -> list[dict]:
+def _tangent_part(cfg: WangTensorConfig, dtype, device) -> list[dict]:
     from lazylab.tensor import SymCP, TensorModel, dim_sym, random_ground_truth, tangent_lstsq
 
     d, lo = cfg.d, cfg.order
     dim = dim_sym(d, lo)
-    target = random_ground_truth(d, 1, lo, generator=_gen(1, cfg.seed, d), dtype=dtype)
+    target = random_ground_truth(d, 1, lo, generator=_gen(1, cfg.seed, d), dtype=dtype,
+                                 device=device)
     out = []
     for ratio in cfg.tangent_ratios:
         x = ratio * dim / d
         m = max(1, math.floor(x) if ratio < 1 else math.ceil(x))
-        model = TensorModel(d, m, lo, generator=_gen(2, cfg.seed, d, m), dtype=dtype)
+        model = TensorModel(d, m, lo, generator=_gen(2, cfg.seed, d, m), dtype=dtype,
+                            device=device)
         t0 = time.perf_counter()
         res = tangent_lstsq(SymCP(model.c.detach(), model.u.detach(), lo), target,
                             solver="dense", rcond=cfg.rcond)
@@ -99,7 +101,7 @@ def _phase_part(cfg: WangTensorConfig, dtype, ctx: RunContext) -> list[dict]:
 
     d, lo, r = cfg.d, cfg.order, cfg.rank
     target = random_ground_truth(d, r, lo, cfg.target, generator=_gen(3, cfg.seed, d),
-                                 dtype=dtype)
+                                 dtype=dtype, device=ctx.device)
     out = []
     for m in ctx.bar(cfg.m_list, desc=f"d={d} m"):
         for method in cfg.methods:
@@ -107,14 +109,15 @@ def _phase_part(cfg: WangTensorConfig, dtype, ctx: RunContext) -> list[dict]:
             if method == "variant":
                 g = _gen(5, cfg.seed, d, m)
                 model = TensorModel(d, m, lo, "homogeneous", init_scale=cfg.var_init,
-                                    generator=g, dtype=dtype)
+                                    generator=g, dtype=dtype, device=ctx.device)
                 res = fit_variant(model, target, steps=cfg.var_steps, lr=cfg.var_lr,
                                   reg=cfg.var_reg, reinit_every=cfg.var_reinit_every,
                                   polish_frac=cfg.var_polish_frac, tol=cfg.stop_tol,
                                   generator=g)
             else:
                 model = TensorModel(d, m, lo, init_scale=1.0, coef_scale=m ** -0.5,
-                                    generator=_gen(4, cfg.seed, d, m), dtype=dtype)
+                                    generator=_gen(4, cfg.seed, d, m), dtype=dtype,
+                                    device=ctx.device)
                 if method == "lazy":
                     res = fit_lazy(model, target, dense_max=cfg.lazy_dense_max, tol=cfg.cg_tol,
                                    maxiter=cfg.cg_maxiter, rcond=cfg.rcond)
@@ -142,7 +145,8 @@ def run_cell(cfg: WangTensorConfig, ctx: RunContext) -> list[dict]:
     if cfg.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
     dtype = getattr(torch, cfg.dtype)
-    recs = _tangent_part(cfg, torch.float64) if cfg.d <= cfg.tangent_max_d else []
+    recs = (_tangent_part(cfg, torch.float64, ctx.device) if cfg.d <= cfg.tangent_max_d
+            else [])
     return recs + _phase_part(cfg, dtype, ctx)
 
 

@@ -199,6 +199,7 @@ class KernelTracker:
     def _kernel(self, state: Any) -> Tensor:
         from lazylab.ntk import ntk
 
+        self.probe_x = self.probe_x.to(state.X.device, state.X.dtype)  # also after a resume
         return ntk(state.model, self.probe_x, method=self.method, output="trace",
                    accumulate_dtype=torch.float64, progress=False)
 

@@ -95,3 +95,22 @@ def test_log_schedule_with_total_steps_and_bad_input():
         KernelTracker(torch.randn(4, 3), torch.randn(3))
     with pytest.raises(ValueError, match="period"):
         KernelTracker(torch.randn(4, 3), schedule=0)
+
+
+def test_checkpoint_resume_gives_the_same_snapshots(tmp_path):
+    X, y = _task(24)
+
+    def run(steps, ckpt=None, resume=False):
+        torch.manual_seed(3)
+        net = TwoLayerNet(D, 16, scaling="mean_field")
+        kt = KernelTracker(X[:8], y[:8], schedule=[4, 9, 16, 20])
+        train(net, (X, y), optimizer="sgd", batch_size=8, lr=2.0, steps=steps, checkpoint=ckpt,
+              checkpoint_every=5, resume=resume, track_steps=5, trackers=[kt])
+        return kt
+
+    full = run(20)
+    run(10, tmp_path / "c.pt")  # interrupted after 10 steps
+    resumed = run(20, tmp_path / "c.pt", resume=True)
+    assert [r["step"] for r in resumed.records] == [0, 4, 9, 16, 20]
+    assert resumed.records == full.records
+    assert full.records[-1]["kernel_rel_change"] > 0.01

@@ -91,10 +91,16 @@ def test_variant_recovers_with_few_components():
     d, r, m = 12, 2, 6
     target = random_ground_truth(d, r, 3, generator=_gen(0))
     model = TensorModel(d, m, 3, "homogeneous", init_scale=1e-2, generator=_gen(1))
-    res = fit_variant(model, target, steps=1500, lr=0.1, reinit_every=100, generator=_gen(2))
+    res = fit_variant(model, target, steps=1500, lr=0.1, reinit_every=100, reinit_above=None,
+                      generator=_gen(2))
     assert res.rel_error < 0.01
-    # re-inits happen every 100 steps during the first 80 % of the steps
+    # unconditional: re-inits happen every 100 steps during the first 80 % of the steps
     assert res.info["reinits"] == 1200 // 100 - 1
+    # conditional (default): none once the error is below reinit_above, so fewer
+    model = TensorModel(d, m, 3, "homogeneous", init_scale=1e-2, generator=_gen(1))
+    cond = fit_variant(model, target, steps=1500, lr=0.1, reinit_every=100, generator=_gen(2))
+    assert cond.rel_error < 0.01
+    assert cond.info["reinits"] < res.info["reinits"]
     # the lazy fit at the same (m, d) is far from the target: m d = 72 < dim Sym^3 = 364
     lazy = fit_lazy(TensorModel(d, m, 3, generator=_gen(1)), target)
     assert lazy.rel_error > 0.5
@@ -110,5 +116,7 @@ def test_fit_argument_checks():
         fit_gd(TensorModel(4, 2), target, alpha=-1.0)
     with pytest.raises(TypeError, match="TensorModel"):
         fit_gd(torch.nn.Linear(2, 2), target)
+    with pytest.raises(ValueError, match="reinit_above"):
+        fit_variant(TensorModel(4, 2, parametrization="homogeneous"), target, reinit_above=-1.0)
     with pytest.raises(ValueError, match="polish_frac"):
         fit_variant(TensorModel(4, 2, parametrization="homogeneous"), target, polish_frac=2.0)

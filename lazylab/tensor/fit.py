@@ -15,9 +15,11 @@ All report the relative error ``||T - T*||_F / ||T*||_F`` computed from inner pr
   small random init, the penalty ``reg * (1/2) sum_i (c_i^2 + ||u_i||^2)`` (an l1 penalty on the
   component weights at balance), and every ``reinit_every`` steps the component with the smallest
   weight ``|c_i| ||u_i||`` is re-drawn from the init distribution at scale ``reinit_scale`` (a
-  fresh random direction: the escape mechanism). The last ``polish_frac`` of the steps run with
-  no penalty and no re-initialization, to remove the l1 shrinkage bias. Not implemented: the
-  paper's "coefficient mode switches" and any epoch structure (details not found).
+  fresh random direction: the escape mechanism), but only while the current relative error
+  exceeds ``reinit_above`` (default 0.05; None = always), so a finished fit is not broken up.
+  The last ``polish_frac`` of the steps run with no penalty and no re-initialization, to remove
+  the l1 shrinkage bias. Not implemented: the paper's "coefficient mode switches" and any epoch
+  structure (details not found).
 """
 
 from __future__ import annotations
@@ -140,11 +142,13 @@ def fit_gd(model: TensorModel, target: SymCP, *, steps: int = 2000, lr: float = 
 def fit_variant(model: TensorModel, target: SymCP, *, steps: int = 3000, lr: float = 0.1,
                 reg: float = 1e-3, reinit_every: int = 100, reinit_scale: float | None = None,
                 polish_frac: float = 0.2, record_every: int = 50, tol: float = 1e-3,
+                reinit_above: float | None = 0.05,
                 generator: torch.Generator | None = None) -> FitResult:
     """Our "beyond lazy" variant (module docstring): GD on
     ``||T - T*||^2/||T*||^2 + reg * (1/2) sum_i (c_i^2 + ||u_i||^2)`` for a homogeneous model, with
-    periodic re-initialization of the weakest component. Early stop at rel. error <= tol during the
-    polish phase. ``info['reinits']`` counts re-initializations. Modifies ``model`` in place.
+    periodic re-initialization of the weakest component (every ``reinit_every`` steps, only while
+    the relative error is above ``reinit_above``; None: always). Early stop at rel. error <= tol
+    during the polish phase. ``info['reinits']`` counts re-initializations. Modifies ``model`` in place.
     """
     _check_common(model, target, steps, lr)
     if model.parametrization != "homogeneous":
@@ -159,7 +163,10 @@ def fit_variant(model: TensorModel, target: SymCP, *, steps: int = 3000, lr: flo
     tgt = target.to(dtype=model.u.dtype, device=model.u.device)
     tt = tgt.norm_sq().detach()
     polish_start = int(round(steps * (1 - polish_frac)))
+    if reinit_above is not None and not reinit_above >= 0:
+        raise ValueError(f"reinit_above must be >= 0 or None, got {reinit_above!r}")
     n_reinit = [0]
+    last_err = [float("inf")]
 
     def objective(step):
         t = model.cp()
@@ -168,9 +175,12 @@ def fit_variant(model: TensorModel, target: SymCP, *, steps: int = 3000, lr: flo
         loss = val / tt
         if step < polish_start and reg > 0:
             loss = loss + reg * model.regularizer()
+        last_err[0] = err
         return loss, err
 
     def hook(step):
+        if reinit_above is not None and last_err[0] <= reinit_above:
+            return
         if step < polish_start and step % reinit_every == 0:
             i = int(model.component_weights().argmin())
             model.reinit_(i, scale=reinit_scale, generator=generator)

@@ -12,6 +12,9 @@ so 1 worker = 1 core). Every configuration runs the same cells in this process's
   recorded in the store (excludes process start-up).
 
 The machine may be shared: the load average is printed before and after; read the ratios with it.
+With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled`` = 1) every session
+gets an equal CPU share when the machine is oversubscribed, so the workers of one sweep then split
+one share among themselves and no executor can show a speed-up: measure on an idle machine.
 Run: ``.venv/bin/python benchmarks/bench_sweep.py [--steps 600] [--repeat 1]``.
 """
 
@@ -47,6 +50,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="repeats; the best time is kept")
     args = ap.parse_args()
     print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()}", flush=True)
+    try:
+        ag = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+        print(f"sched_autogroup_enabled: {ag} (1: an oversubscribed machine gives this session "
+              "one share, whatever the number of workers)", flush=True)
+    except OSError:
+        pass
     configs = [("in-process (local, 1 worker)", "local", 1), ("local, 2 processes", "local", 2),
                ("dask LocalCluster, 1 worker", "dask", 1),
                ("dask LocalCluster, 2 workers", "dask", 2)]

@@ -92,9 +92,9 @@ def run_experiment(
     _check_device(device)
     out = Path(out) if out is not None else default_out(name)
     store_path = out / STORE_NAME
-    existing = out.exists() and any(out.iterdir()) if out.is_dir() else out.exists()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    existing = out.is_dir() and any(out.iterdir())
     done: frozenset[str] = frozenset()
     if resume and store_path.exists():
         with Store.open_readonly(out) as st:

@@ -9,7 +9,7 @@ from lazylab.lab.experiments.wang_tensor import WangTensorConfig, report, requir
 from lazylab.lab.registry import RunContext, get_experiment
 from lazylab.tensor import dim_sym
 
-SMALL = dict(d=6, m_list=(2, 4, 24), tangent_ratios=(0.5, 1.05), gd_steps=400, var_steps=400,
+SMALL = dict(d=6, m_list=(2, 4, 24), tangent_ratios=(0.5, 1.05), gd_steps=250, var_steps=250,
              tangent_max_d=6)
 
 

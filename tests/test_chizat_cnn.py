@@ -11,13 +11,13 @@ from torch import nn
 
 from lazylab.lab.experiments.chizat_cnn import (
     ChizatCNNConfig,
-    activation_stability,
     effective_network,
     report,
     resolve_fig3b,
     run_cell,
 )
 from lazylab.lab.registry import RunContext
+from lazylab.metrics import activation_stability
 from lazylab.models import SmallCNN
 from lazylab.regimes import lazy
 from lazylab.trainer import train
@@ -47,6 +47,7 @@ def test_activation_stability_matches_naive_loop():
     with torch.no_grad():
         expected = _naive_stability(net0, net1, x)
     assert 0.3 < expected < 0.99  # the perturbation flips a good share of signs
+    # the metric run_cell uses (lazylab.metrics), on the float64 nets run_cell builds
     assert activation_stability(net0, net1, x, batch_size=3) == pytest.approx(expected, abs=1e-12)
     assert activation_stability(net0, copy.deepcopy(net0), x) == 1.0
 
@@ -74,7 +75,7 @@ def test_activation_stability_counts_each_call():
         s2 = (torch.sign(a.l2(torch.relu(a.l1(x)))) == torch.sign(b.l2(torch.relu(b.l1(x))))).double().mean()
     assert activation_stability(a, b, x) == pytest.approx((1.0 + s2.item()) / 2)
     with pytest.raises(ValueError, match="no nn.ReLU"):
-        activation_stability(nn.Linear(3, 2), nn.Linear(3, 2), x.float())
+        activation_stability(nn.Linear(3, 2).double(), nn.Linear(3, 2).double(), x)
 
 
 def test_effective_network_reproduces_the_lazy_output():

@@ -14,8 +14,10 @@ whose gradient is ``C/2`` times larger. So the trainer gets ``lr = eta0 * 2 / C`
 
 Stability of activations (App C.2): for each ReLU (in call order) with ``n_l`` units and the ``N``
 probe images, ``s_l = #{(i, j): sign z_ij(end) = sign z_ij(init)} / (n_l N)`` (``z`` the
-pre-activation), averaged over the ReLU layers. The end network is the *effective* one, weights
-``w0 + delta`` (built in float64 from the Lazy model's displacement ``delta``).
+pre-activation), averaged over the ReLU layers (:func:`lazylab.metrics.activation_stability`). The
+end network is the *effective* one, weights ``w0 + delta``, built in float64 from the Lazy model's
+displacement ``delta`` (:func:`effective_network`), so a move of relative size 1/alpha is not rounded
+away.
 
 Presets: ``quick`` = scikit-learn's 8x8 digits, ``SmallCNN``; ``paper`` = VGG-11 on CIFAR-10 (Fig 3a);
 ``paper-wide`` = the widened VGG-11 x8 / ResNet-18 x7 at alpha = 1 and 1e7 with cross-entropy / alpha^2,
@@ -159,55 +161,12 @@ def effective_network(lz, dtype=None):
     return net
 
 
-def activation_stability(model0, model, x, batch_size: int = 250) -> float:
-    """Chizat et al. App C.2: mean over ReLU calls ``l`` of the fraction of (example, unit) pairs
-    whose pre-activation sign is the same in ``model`` as in ``model0``.
-
-    Pre-activations are captured by forward hooks on every ``nn.ReLU`` module (a module called
-    several times contributes one layer per call, in call order). Both models are run in eval
-    mode, in the dtype of their parameters, on ``x`` (N, ...) in batches. Returns a float in
-    [0, 1]. Cost: two forward passes over ``x``. Raises ValueError when the model has no ReLU.
-    """
-    import torch
-    from torch import nn
-
-    def pre_acts(net, xb):
-        zs = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out: zs.append(inp[0].detach()))
-                 for m in net.modules() if isinstance(m, nn.ReLU)]
-        if not hooks:
-            raise ValueError(f"activation_stability: {type(net).__name__} has no nn.ReLU module")
-        try:
-            was = net.training
-            net.eval()
-            with torch.no_grad():
-                net(xb.to(next(net.parameters()).dtype))
-            net.train(was)
-        finally:
-            for h in hooks:
-                h.remove()
-        return zs
-
-    same: list[float] = []
-    total: list[float] = []
-    for i in range(0, x.shape[0], batch_size):
-        z0, z1 = pre_acts(model0, x[i:i + batch_size]), pre_acts(model, x[i:i + batch_size])
-        if len(z0) != len(z1):
-            raise ValueError(f"the models call ReLU a different number of times ({len(z0)} vs "
-                             f"{len(z1)}): not the same architecture")
-        if not same:
-            same, total = [0.0] * len(z0), [0.0] * len(z0)
-        for k, (a, b) in enumerate(zip(z0, z1)):
-            same[k] += (torch.sign(a) == torch.sign(b)).sum().item()
-            total[k] += a.numel()
-    return float(np.mean([s / t for s, t in zip(same, total)]))
-
-
 def run_cell(cfg: ChizatCNNConfig, ctx: RunContext) -> list[dict]:
     """Train one (alpha, seed[, model]) cell; one record per tracked step, the last with the
     stability of activations and the relative displacement ``||delta|| / ||w0||``."""
     import torch
 
+    from lazylab.metrics import activation_stability
     from lazylab.regimes import lazy
     from lazylab.trainer import train
 
@@ -241,7 +200,7 @@ def run_cell(cfg: ChizatCNNConfig, ctx: RunContext) -> list[dict]:
     stab = float("nan")
     if not diverged and n_s > 0:
         stab = activation_stability(copy.deepcopy(lz.model).to(torch.float64), effective_network(lz),
-                                    Xt[:n_s].to(ctx.device))
+                                    Xt[:n_s].to(ctx.device, torch.float64), batch_size=250)
     final = dict(recs[-1]) if recs else {"step": hist.steps}
     final.update(final=True, diverged=diverged, stability=stab,
                  rel_weight_change=math.sqrt(d2 / w2), lr_used=lr, eta0_used=cfg.eta0,

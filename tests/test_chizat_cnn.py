@@ -181,3 +181,16 @@ def test_quick_preset_end_to_end(tmp_path):
     run_experiment("chizat-cnn", preset="quick", out=tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert all(c["passed"] for c in summary["checks"]), summary["checks"]
+
+
+def test_report_fig3b_table():
+    rows = [dict(model=m, alpha=a, seed=58, final=True, diverged=False, step=1, train_acc=tr,
+                 test_acc=te, train_loss=0.1, test_loss=0.1, stability=st, rel_weight_change=0.0)
+            for m, a, tr, te, st in (("vgg11", 1.0, 0.99, 0.89, 0.5), ("vgg11", 1e7, 0.6, 0.62, 1.0),
+                                     ("resnet18", 1.0, 0.99, 0.91, 0.5),
+                                     ("resnet18", 1e7, 0.55, 0.40, 1.0))]
+    rep = report(pd.DataFrame(rows), ChizatCNNConfig(fig3b=True, dataset="cifar10"))
+    verdict = {c.name: c.passed for c in rep.checks}
+    assert verdict["test acc vgg11 wide, alpha=1e+07 (paper Fig 3b: 61.7%)"]
+    assert not verdict["test acc resnet18 wide, alpha=1e+07 (paper Fig 3b: 56.7%)"]  # 40 % is off
+    assert set(rep.table["paper_test_acc"]) == {0.897, 0.617, 0.910, 0.567}

@@ -4,6 +4,7 @@ and bad input that must leave an existing store untouched."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -18,11 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lazylab.lab import registry as reg
 from lazylab.lab.cli import main
+from lazylab.lab.registry import list_experiments
 from lazylab.lab.store import load_results
 
 SMALL = ["--set", "steps=20", "--set", "m=16", "--set", "n_train=16", "--set", "n_test=32",
-         "--set", "n_track=3", "--threads", "1", "--no-progress"]
+         "--set", "n_track=3", "--no-progress"]
 
 TWO_CELLS = [*SMALL, "--sweep", "alpha=1", "--sweep", "seed=0,1"]
 
@@ -60,11 +63,18 @@ PLUGIN = textwrap.dedent('''
 
 
 @pytest.fixture
-def plugin_env(tmp_path):
+def plugin_env(tmp_path, monkeypatch):
+    """The counter experiment, registered in this process and (via the environment) in
+    subprocesses."""
     (tmp_path / "lab_counter_plugin.py").write_text(PLUGIN)
     env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get(
         "PYTHONPATH", ""), "LAZYLAB_EXPERIMENTS": "lab_counter_plugin"}
-    return env
+    monkeypatch.syspath_prepend(str(tmp_path))
+    list_experiments()
+    importlib.import_module("lab_counter_plugin")
+    yield env
+    reg._REGISTRY.pop("lab-counter", None)
+    sys.modules.pop("lab_counter_plugin", None)
 
 
 def _cli(args, env, **kw):
@@ -85,7 +95,7 @@ def _done_cells(db: Path) -> int:
         return 0
 
 
-def test_sigkill_midway_then_resume(plugin_env, tmp_path):
+def test_sigkill_midway_then_resume(plugin_env, tmp_path, capsys):
     out, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
     args = ["run", "lab-counter", "--set", "sleep=0.4", "--set", f"log_dir={logs}",
@@ -110,13 +120,12 @@ def test_sigkill_midway_then_resume(plugin_env, tmp_path):
     assert sorted(r[0] for r in recs_before) == sorted(c for c in finished for _ in range(3))
 
     # without --resume the folder is refused
-    p = _cli(args, plugin_env)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and "--resume" in err and "already exists" in err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "already exists" in err
 
-    p = _cli([*args, "--resume"], plugin_env)
-    stdout, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
+    assert main([*args, "--resume"]) == 0
+    stdout = capsys.readouterr().out
     assert f"{killed_done} already done, {6 - killed_done} to run" in stdout
     assert stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
 
@@ -127,6 +136,7 @@ def test_sigkill_midway_then_resume(plugin_env, tmp_path):
     con.close()
     assert set(after) == set(before) and len(after) == 6
     assert all(v[0] == "done" for v in after.values())
+    assert {v[2] for cid, v in after.items() if cid not in finished} == {os.getpid()}
     # every cell exactly once (3 records each, no duplicates)
     assert len(rows) == 18 and len({(r[0], r[1]) for r in rows}) == 18
     # finished cells were not recomputed: same finish time, process and records...
@@ -168,6 +178,7 @@ def test_run_end_to_end_and_report_rebuild(tmp_path, capsys):
     assert "rel_weight_change@alpha=8" in summary["metrics"]
     env = json.loads((out / "environment.json").read_text())
     assert env["device"] == "cpu" and env["seeds"] == [3] and env["packages"]["torch"]
+    assert env["threads_per_cell"] == 1
     assert env["command"][:3] == ["lazylab", "run", "regimes-demo"]
     md = (out / "report.md").read_text()
     assert "![regimes](figures/regimes.png)" in md and ("✔" in md or "✘" in md)
@@ -248,12 +259,10 @@ def test_unknown_experiment_and_other_experiment_folder(existing_run, plugin_env
     assert main(["run", "no-such-exp", "--out", str(existing_run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "unknown experiment 'no-such-exp'" in err and "regimes-demo" in err
-    # a different experiment resumed into this folder (subprocess: the plugin registers there)
-    p = _cli(["run", "lab-counter", "--out", str(existing_run), "--resume", "--no-progress"],
-             plugin_env)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2
-    assert "holds experiment 'regimes-demo', not 'lab-counter'" in err
+    # a different experiment resumed into this folder
+    assert main(["run", "lab-counter", "--out", str(existing_run), "--resume",
+                 "--no-progress"]) == 2
+    assert "holds experiment 'regimes-demo', not 'lab-counter'" in capsys.readouterr().err
     assert _snapshot(existing_run) == before
 
 

@@ -28,7 +28,6 @@ SWEEPS = ["alpha=1,16", "seed=0,1"]
 
 
 def _run(out, **kw):
-    kw.setdefault("threads", 1)  # one core per cell, as in the worker processes
     run_experiment("regimes-demo", set=SETS, sweep=SWEEPS, out=out, progress=False, echo=False,
                    **kw)
     df = load_results(out)

@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "experiment, preset, --set and --sweep must match the stored run)")
     r.add_argument("--device", default="cpu", metavar="cpu|cuda",
                    help="device for the cells' tensors (default cpu)")
-    r.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="torch threads per cell (default: torch's choice in-process, 1 per "
-                        "worker process)")
+    r.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="torch threads per cell (default 1; parallelism comes from --workers, "
+                        "and one thread count everywhere gives identical records)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rp = sub.add_parser("report", help="rebuild a run folder's report from its stored results",

@@ -40,7 +40,8 @@ def _version(name: str) -> str | None:
 
 
 def collect_environment(*, device: str, seeds: list[Any], executor: str = "local",
-                        workers: int = 1, argv: list[str] | None = None) -> dict[str, Any]:
+                        workers: int = 1, threads: int | None = None,
+                        argv: list[str] | None = None) -> dict[str, Any]:
     """Versions of Python and the scientific stack, platform, CPU count, device (and the CUDA
     device name when it is used), the seeds of the cells, executor, git revision and the
     command line."""
@@ -55,6 +56,7 @@ def collect_environment(*, device: str, seeds: list[Any], executor: str = "local
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "threads_per_cell": threads,
         "device": device,
         "cuda_available": torch.cuda.is_available(),
         "seeds": seeds,

@@ -12,7 +12,9 @@
 Every executor yields ``(cell, result)`` pairs *as they complete*; the result carries the
 records, which the client alone writes to the store (no shared file system is needed).
 A cell is a pure function of its config: :func:`execute_cell` seeds ``random``, ``numpy`` and
-``torch`` with the cell's ``seed`` before calling the experiment's ``run_cell``.
+``torch`` with the cell's ``seed`` before calling the experiment's ``run_cell``, and runs it with
+the same number of torch threads (``threads``, default 1) on every executor, so reductions are
+computed in the same order and the records are bit-identical.
 """
 
 from __future__ import annotations
@@ -158,11 +160,11 @@ class Executor:
 class LocalExecutor(Executor):
     """In-process (``workers=1``) or a spawn-context process pool (``workers>1``).
 
-    ``threads``: torch threads per cell (default: torch's own setting in-process, 1 in each
-    pool worker so that N workers use N cores).
+    ``threads``: torch threads per cell (default 1: N workers use N cores, and every executor
+    computes with the same thread count, hence bit-identical reductions).
     """
 
-    def __init__(self, workers: int = 1, threads: int | None = None):
+    def __init__(self, workers: int = 1, threads: int | None = 1):
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"--workers must be a positive integer, got {workers!r}")
         _check_threads(threads)
@@ -176,7 +178,7 @@ class LocalExecutor(Executor):
             for cell in cells:
                 try:
                     res = execute_cell(experiment, module, cell.config, device, progress,
-                                       self.threads)
+                                       self.threads or 1)
                 except Exception as e:
                     raise CellError(cell, e) from e
                 yield cell, res
@@ -214,7 +216,7 @@ class DaskExecutor(Executor):
     """
 
     def __init__(self, address: str | None = None, workers: int = 1,
-                 timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = None):
+                 timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = 1):
         import logging
 
         from distributed import Client, LocalCluster
@@ -280,7 +282,7 @@ def _check_threads(threads: int | None) -> None:
 
 
 def make_executor(spec: str = "local", workers: int = 1,
-                  timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = None) -> Executor:
+                  timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = 1) -> Executor:
     """``"local"`` | ``"dask"`` | ``"dask://HOST:PORT"`` (also ``tcp://HOST:PORT``) -> Executor."""
     if spec == "local":
         return LocalExecutor(workers, threads)

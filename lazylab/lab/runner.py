@@ -73,7 +73,7 @@ def run_experiment(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
-    threads: int | None = None,
+    threads: int = 1,
     argv: list[str] | None = None,
     echo: bool = True,
 ) -> Path:
@@ -83,7 +83,8 @@ def run_experiment(
     (``["k=v1,v2", ...]`` or ``{k: [v1, v2]}``), combined with the preset's grid (these win on
     the same key). ``out`` defaults to ``runs/NAME-<timestamp>``; without ``resume`` it must be
     absent or empty. ``executor``: ``local`` | ``dask`` | ``dask://HOST:PORT``. ``threads``:
-    torch threads per cell (default: torch's in-process, 1 per worker process). ``echo``: print
+    torch threads per cell (default 1 on every executor: parallelism comes from the workers, and
+    the same thread count everywhere gives the same records). ``echo``: print
     the per-cell lines and the report path.
     """
     from tqdm.auto import tqdm
@@ -120,7 +121,7 @@ def run_experiment(
             atomic_write_text(out / "config.yaml", _config_yaml(exp, preset, resolved, len(cells)))
             seeds = sorted({c.config.get("seed") for c in cells})
             env = collect_environment(device=device, seeds=seeds, executor=ex.name,
-                                      workers=ex.workers, argv=argv)
+                                      workers=ex.workers, threads=threads, argv=argv)
             atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n")
             say(f"lazylab: {exp.name} [{preset}] {len(cells)} cells, {len(done)} already done, "
                 f"{len(todo)} to run on {ex.name} -> {out}")

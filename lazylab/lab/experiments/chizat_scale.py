@@ -137,8 +137,9 @@ def report(df, base: ChizatScaleConfig) -> Report:
             metrics["plateau_vs_linearized_rel_gap"] = rel
             checks.append(Check("plateau end test loss = linearized model's (same seeds, steps)",
                                 rel, "< 0.1", rel < 0.1, "relative gap"))
-    if taus.size and taus.min() <= 0.04 and taus.max() >= 0.4 and len(plat):
-        lo, hi = _nearest(taus, 0.03), _nearest(taus, 0.5)
+    lo = _nearest(taus, 0.03) if taus.size else math.nan
+    hi = _nearest(taus, 0.5) if taus.size else math.nan
+    if len(plat) and abs(math.log(lo / 0.03)) < math.log(2) and abs(math.log(hi / 0.5)) < math.log(2):
         r_lo = float(end[taus == lo][0] / p_end)
         r_hi = float(end[taus == hi][0] / p_end)
         metrics[f"end_over_plateau@tau={lo:g}"] = r_lo

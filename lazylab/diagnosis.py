@@ -328,7 +328,8 @@ def diagnose(
 
     numbers: dict[str, float] = {}
     if kappa:
-        numbers["kappa"] = float(M.laziness_kappa(run_model, px, py, n_iter=20, n_restarts=1, seed=seed))
+        numbers["kappa"] = float(M.laziness_kappa(run_model, px, py, n_iter=15, n_outer=3, n_restarts=1,
+                                                   seed=seed))
     kt = KernelTracker(px, py, total_steps=steps, n_snapshots=n_snapshots)
     trackers: list[Any] = [WeightChange(), _Twin(px), kt]
     inner = run_model.model if isinstance(run_model, Lazy) else run_model

@@ -90,7 +90,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--probe", type=int, default=64, help="probe points for the kernel (default 64)")
     p.add_argument("--snapshots", type=int, default=15, help="kernel snapshots, log-spaced (default 15)")
     p.add_argument("--no-kappa", action="store_true", help="skip Chizat's kappa at init")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model's initialization, the probe draw and SGD batches (default 0)")
     p.add_argument("--device", default=None, metavar="cpu|cuda", help="default: cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/diagnose-<time>)")
@@ -304,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(int(args.threads))
     (X, y), test = load_data(args.data, _parse_sets(args.data_set, "--data-set"))
+    torch.manual_seed(args.seed)  # the model's initial weights follow --seed
     model, X = build_model(args.model, _parse_sets(args.model_set, "--model-set"), X, y)
     if test is not None and X.dim() == 2:
         test = (test[0].flatten(1), test[1])

@@ -1,0 +1,537 @@
+"""Ghorbani, Mei, Misiakiewicz & Montanari (2019): RF vs NT vs NN two-layer nets.
+
+``ghorbani-quadratic``: ``x ~ N(0, I_d)``, target ``f*(x) = x^T B x - tr B`` with the official code's
+``B = diag(gamma)/sqrt(d)``, ``gamma_i ~ Exp(1)`` (numpy seed 100). One model for all three regimes:
+``TwoLayerNet(d, N, activation, scaling="mean_field", bias=True)``, i.e.
+``f(x) = c + (1/N) sum_j a_j sigma(<w_j, x>/sqrt(d))``, with the hidden biases set to 0 and frozen (so
+the classes are exactly the paper's ``c + sum_i a_i sigma(<w_i, x>)``), ``w_j ~ N(0, I_d)``:
+
+* RF = ``lazylab.random_features(net, ["out.weight", "out.bias"])`` (first layer frozen);
+* NT = ``lazylab.linearize(net)`` (tangent model at init, all of W, a, c trained);
+* NN = ``net`` itself, everything trained (mean-field parametrization as in the paper's code).
+
+Population training (as the official code): a fresh batch of ``batch_size`` Gaussian samples every SGD
+step, mean-squared loss ``(1/2) mean (f - y)^2``, per-parameter learning-rate multipliers of the code
+(``W``, ``a``: ``N * lr``; ``c``: ``lr``; the NT first layer gets an extra :func:`nt_multiplier`), and
+the code's step schedule (``lr`` until 80 % of the steps, ``lr/10`` until 90 %, then ``lr/15``; NN:
+drops at 70 % and 85 %). This is a small loop with ``torch.optim.SGD`` over the regime modules rather than
+``lazylab.trainer.train``: the trainer iterates over a fixed ``(X, y)``, and drawing the whole stream in
+advance (``steps * batch_size`` points, 18 GB at the paper's d = 450, 100 000 steps) is not possible;
+it also has no per-parameter-group learning rates, which the mean-field parametrization needs.
+
+Risks, normalized by ``Var f* = 2 ||B||_F^2``: (a) the exact population-optimal risk of the class at
+the cell's initialization (:mod:`lazylab.risks`: RF and NT depend on W, NN only on N); (b) the
+population risk of the SGD-trained model, exact for the quadratic activation (the trained function is a
+quadratic form, read off by ``torch.func``: :func:`lazylab.risks.model_risk`) and by Monte Carlo on
+``n_test`` fresh points for ReLU; (c) the asymptotic curves :func:`lazylab.risks.exp_target_limits`
+(derived in /work/shared/PAPERS.md Sec. 2.1 [D], not quoted from the paper, whose body was not available).
+
+Deviation from the code: the second layer starts at ``a_j = +-1`` (random signs) instead of ``N(0, 1)``
+(NT) or a common ``a = 0`` (NN, ``constant_a``). The NT class is the same for any ``a0`` with non-zero
+entries; the signs avoid the tiny ``|a0_j|`` that make NT's SGD very ill-conditioned in a short run.
+
+``ghorbani-mixture``: ``x | y = +-1 ~ N(0, I +- delta P_s)`` (our parametrization; the paper's was not
+found), logistic loss, same three regimes; test error on ``n_test`` fresh points against the exact
+Bayes error :func:`lazylab.risks.mixture_bayes_error`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+
+REGIMES = ("rf", "nt", "nn")
+COLORS = {"rf": "tab:blue", "nt": "tab:orange", "nn": "tab:green"}
+
+
+@dataclass
+class QuadraticConfig:
+    seed: int = 0                  # init of W, a and the SGD sample stream
+    d: int = 100
+    rho: float = 0.5               # N = round(rho * d) neurons
+    regime: str = "nn"             # rf | nt | nn
+    activation: str = "quadratic"  # quadratic | relu
+    target_seed: int = 100         # numpy seed of gamma (the code's)
+    steps: int = 2000              # SGD steps (0 = exact risks only)
+    batch_size: int = 100
+    lr: float = 0.3
+    nt_w_mult: float = 0.0         # extra first-layer lr multiplier in NT; 0 = auto: 40 * rho
+    second_layer_init: str = "sign"  # sign (+-1) | gaussian (N(0,1), the code's NT init)
+    n_test: int = 20000            # Monte Carlo test points (relu only)
+    n_track: int = 8
+    dtype: str = "float32"
+
+
+@dataclass
+class MixtureConfig:
+    seed: int = 0
+    d: int = 100
+    s: int = 10                    # rank of the Bayes rule (dimension of the signal subspace)
+    delta: float = 0.5             # Sigma_+- = I +- delta P_s
+    rho: float = 0.5
+    regime: str = "nn"
+    activation: str = "quadratic"
+    steps: int = 2000
+    batch_size: int = 100
+    lr: float = 1.0
+    nt_w_mult: float = 0.0         # 0 = auto: 40 * rho
+    second_layer_init: str = "sign"
+    n_test: int = 100000
+    n_track: int = 6
+    dtype: str = "float32"
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def _check_common(cfg) -> int:
+    if cfg.regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {cfg.regime!r}")
+    if cfg.activation not in ("quadratic", "relu"):
+        raise ValueError(f"activation must be 'quadratic' or 'relu', got {cfg.activation!r}")
+    if cfg.second_layer_init not in ("sign", "gaussian"):
+        raise ValueError(f"second_layer_init must be 'sign' or 'gaussian', got {cfg.second_layer_init!r}")
+    if cfg.rho <= 0 or cfg.d < 1:
+        raise ValueError(f"need rho > 0 and d >= 1, got rho={cfg.rho}, d={cfg.d}")
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ValueError("need steps >= 0, batch_size >= 1, lr > 0")
+    return max(1, int(round(cfg.rho * cfg.d)))
+
+
+def build_regime(d: int, N: int, regime: str, activation: str = "quadratic", seed: int = 0,
+                 second_layer_init: str = "sign", device: str = "cpu", dtype=None):
+    """The paper's two-layer net in one of the three regimes.
+
+    Returns ``(model, net)``: ``model`` is what is trained and evaluated (``net`` for RF/NN, the
+    :class:`lazylab.regimes.Linearized` wrapper for NT), ``net`` the underlying
+    :class:`lazylab.models.TwoLayerNet` whose parameters requiring grad are the trained ones.
+    ``f(x) = c + (1/N) sum_j a_j sigma(<w_j, x>/sqrt(d))``, hidden biases 0 and frozen."""
+    import torch
+
+    from lazylab.models import TwoLayerNet
+    from lazylab.regimes import linearize, random_features
+
+    torch.manual_seed(seed)
+    net = TwoLayerNet(d, N, activation=activation, scaling="mean_field", bias=True)
+    with torch.no_grad():
+        net.hidden.bias.zero_()
+        if second_layer_init == "sign":
+            net.out.weight.copy_(torch.where(net.out.weight >= 0, 1.0, -1.0))
+    net.hidden.bias.requires_grad_(False)
+    net = net.to(device=device, dtype=dtype or torch.get_default_dtype())
+    if regime == "rf":
+        return random_features(net, ["out.weight", "out.bias"]), net
+    if regime == "nt":
+        return linearize(net), net
+    if regime == "nn":
+        return net, net
+    raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+
+
+def lr_factor(step: int, steps: int, regime: str) -> float:
+    """The official code's step schedule as a fraction of the total (100 000 steps there): NT (and RF)
+    ``1`` until ``steps - 20 %``, ``1/10`` until ``steps - 10 %``, then ``1/15``; NN: drops at 70 % and
+    85 %."""
+    a, b = (0.7, 0.85) if regime == "nn" else (0.8, 0.9)
+    return 1.0 if step < a * steps else (0.1 if step < b * steps else 1.0 / 15.0)
+
+
+def nt_multiplier(nt_w_mult: float, N: int, d: int) -> float:
+    """Extra lr multiplier of the NT first layer: ``nt_w_mult`` if > 0, else ``40 N/d`` (tuned at
+    d = 100 with 2000 steps: smaller N is limited by SGD noise, N near d by the conditioning of W)."""
+    if nt_w_mult < 0:
+        raise ValueError(f"nt_w_mult must be >= 0 (0 = auto), got {nt_w_mult}")
+    return float(nt_w_mult) if nt_w_mult > 0 else 40.0 * N / d
+
+
+def _optimizer(net, N: int, regime: str, lr: float, nt_w_mult: float):
+    import torch
+
+    groups = []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = 1.0 if name == "out.bias" else float(N)
+        if regime == "nt" and name == "hidden.weight":
+            mult *= nt_w_mult
+        groups.append({"params": [p], "lr": lr * mult, "mult": mult})
+    return torch.optim.SGD(groups, lr=lr)
+
+
+def _track_steps(steps: int, n: int) -> list[int]:
+    if steps == 0:
+        return [0]
+    pts = np.unique(np.round(np.geomspace(1, steps, max(n, 2))).astype(int))
+    return sorted({0, *pts.tolist(), steps})
+
+
+def population_sgd(model, net, N: int, regime: str, sample, loss_fn, steps: int, lr: float,
+                   nt_w_mult: float, evaluate, track: list[int], seed: int, device: str,
+                   bar=None) -> list[dict]:
+    """SGD on fresh samples: at each step ``(x, y) = sample(generator)``, loss ``loss_fn(model(x), y)``,
+    lr ``lr * mult * lr_factor(step)``. Returns ``evaluate(model) | {"step": k}`` at the ``track`` steps."""
+    import torch
+
+    opt = _optimizer(net, N, regime, lr, nt_w_mult)
+    g = torch.Generator(device=device).manual_seed(1_000_003 + seed)
+    recs = []
+    it = range(steps + 1) if bar is None else bar(range(steps + 1), desc=f"{regime} N={N}")
+    for step in it:
+        if step in track:
+            recs.append({"step": step, **evaluate(model)})
+        if step == steps:
+            break
+        f = lr_factor(step, steps, regime)
+        for gr in opt.param_groups:
+            gr["lr"] = lr * gr["mult"] * f
+        x, y = sample(g)
+        loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SGD diverged at step {step} (regime {regime}, N={N}, lr={lr}); "
+                                     "lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return recs
+
+
+def run_quadratic(cfg: QuadraticConfig, ctx: RunContext) -> list[dict]:
+    """One (regime, rho, seed) cell: exact optimum risk of the class, SGD risk along training."""
+    import torch
+
+    from lazylab import risks
+
+    N = _check_common(cfg)
+    dt = _dtype(cfg.dtype)
+    t0 = time.time()
+    B = risks.exp_diagonal_target(cfg.d, cfg.target_seed)
+    var = risks.quadratic_variance(B)
+    Bt = torch.tensor(B, dtype=dt, device=ctx.device)
+    trB = float(np.trace(B))
+    model, net = build_regime(cfg.d, N, cfg.regime, cfg.activation, cfg.seed, cfg.second_layer_init,
+                              ctx.device, dt)
+    W0 = net.hidden.weight.detach().double().cpu().numpy() / math.sqrt(cfg.d)  # rows w_j/sqrt(d)
+    exact = float("nan")  # no closed form for ReLU
+    if cfg.activation == "quadratic":
+        exact = {"rf": lambda: risks.risk_rf(B, W0), "nt": lambda: risks.risk_nt(B, W0),
+                 "nn": lambda: risks.risk_nn(B, N)}[cfg.regime]()
+
+    def sample(g):
+        x = torch.randn(cfg.batch_size, cfg.d, generator=g, device=ctx.device, dtype=dt)
+        return x, ((x @ Bt) * x).sum(1) - trB
+
+    gt = torch.Generator(device=ctx.device).manual_seed(77 + cfg.seed)
+    Xt = torch.randn(cfg.n_test, cfg.d, generator=gt, device=ctx.device, dtype=dt)
+    yt = ((Xt @ Bt) * Xt).sum(1) - trB
+
+    def evaluate(m) -> dict:
+        if cfg.activation == "quadratic":
+            r = risks.model_risk(m, B)
+        else:
+            with torch.no_grad():
+                r = float(((m(Xt) - yt) ** 2).double().mean())
+        return {"risk": r, "risk_norm": r / var}
+
+    def loss_fn(out, y):
+        return 0.5 * ((out - y) ** 2).mean()
+
+    recs = population_sgd(model, net, N, cfg.regime, sample, loss_fn, cfg.steps, cfg.lr,
+                          nt_multiplier(cfg.nt_w_mult, N, cfg.d),
+                          evaluate, _track_steps(cfg.steps, cfg.n_track), cfg.seed, ctx.device,
+                          ctx.bar if ctx.progress and cfg.steps >= 2000 else None)
+    lim = risks.exp_target_limits(N / cfg.d)
+    plug = {"rf": float(risks.limit_rf(N / cfg.d, B)) / var, "nt": float(risks.limit_nt(N / cfg.d, B)) / var,
+            "nn": risks.risk_nn(B, N) / var}[cfg.regime]
+    extra = {"N": N, "rho_eff": N / cfg.d, "var": var, "exact_norm": exact / var,
+             "theory_norm": float(lim[cfg.regime]), "plugin_norm": plug, "time_s": time.time() - t0}
+    return [{**r, **extra} for r in recs]
+
+
+def _final(df):
+    return df.loc[df.groupby("cell_id")["step"].idxmax()]
+
+
+def _theory_axes(ax, rmax: float) -> None:
+    from lazylab import risks
+
+    r = np.linspace(1e-3, rmax, 400)
+    lim = risks.exp_target_limits(r)
+    for k in REGIMES:
+        ax.plot(r, lim[k], "-", color=COLORS[k], lw=1.2, label=f"{k.upper()} theory (d→∞)")
+
+
+def report_quadratic(df, base: QuadraticConfig) -> Report:
+    import matplotlib.pyplot as plt
+
+    last = _final(df)
+    cols = ["exact_norm", "risk_norm", "theory_norm", "plugin_norm", "time_s"]
+    table = last.groupby(["activation", "regime", "rho", "N"])[cols].mean().reset_index()
+    table = table.rename(columns={"risk_norm": "sgd_norm"})
+    table["sgd_minus_exact"] = table["sgd_norm"] - table["exact_norm"]
+    metrics: dict[str, float] = {}
+    checks: list[Check] = []
+    for row in table.itertuples(index=False):
+        key = f"{row.activation}/{row.regime}@rho={row.rho:g}"
+        metrics[f"sgd_norm[{key}]"] = float(row.sgd_norm)
+        if row.activation == "quadratic":
+            metrics[f"exact_norm[{key}]"] = float(row.exact_norm)
+    d = int(base.d)
+    q = table[table["activation"] == "quadratic"]
+    trained = int(last["step"].max()) > 0
+    if len(q):
+        # (a) exact optimum vs asymptotic theory (d >= 200 only, as the issue states)
+        sel = q[q["rho"].round(4).isin([0.25, 0.5, 0.75, 1.5])]
+        if d >= 200 and len(sel):
+            dev = (sel["exact_norm"] - sel["theory_norm"]).abs()
+            i = int(np.argmax(dev.to_numpy()))
+            checks.append(Check(
+                f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}; worst: "
+                f"{sel['regime'].iloc[i]} at rho={sel['rho'].iloc[i]:g})", float(dev.max()), "<= 0.03",
+                bool(dev.max() <= 0.03), "abs, normalized risk"))
+        elif len(sel):
+            metrics["exact_minus_theory_max_abs(d<200, not checked)"] = float(
+                (sel["exact_norm"] - sel["theory_norm"]).abs().max())
+        big = q[q["rho"] >= 1]
+        for reg in ("nt", "nn"):
+            b = big[big["regime"] == reg]
+            if len(b):
+                v = float(b["exact_norm"].max())
+                checks.append(Check(f"(a) {reg.upper()} exact risk ≈ 0 for rho >= 1", v, "<= 1e-6",
+                                    v <= 1e-6, "normalized"))
+        rf = big[big["regime"] == "rf"]
+        if len(rf):
+            v = float(rf["exact_norm"].min())
+            checks.append(Check("(a) RF exact risk bounded away from 0 for rho >= 1 (theory >= 0.5)", v,
+                                ">= 0.5", v >= 0.5, "normalized"))
+        if trained:
+            for reg in ("rf", "nt"):
+                s = q[q["regime"] == reg]
+                if len(s):
+                    gap = (s["sgd_norm"] - s["exact_norm"]).abs()
+                    i = int(np.argmax(gap.to_numpy()))
+                    checks.append(Check(
+                        f"(b) {reg.upper()}: max |SGD - exact| over rho (worst rho={s['rho'].iloc[i]:g})",
+                        float(gap.max()), "<= 0.05", bool(gap.max() <= 0.05), "abs, normalized risk"))
+    for act in sorted(table["activation"].unique()):
+        t = table[(table["activation"] == act) & (table["rho"] < 1)]
+        nn_ = t[t["regime"] == "nn"].set_index("rho")["sgd_norm"]
+        nt_ = t[t["regime"] == "nt"].set_index("rho")["sgd_norm"]
+        common = nn_.index.intersection(nt_.index)
+        if trained and len(common):
+            margin = float((nt_[common] - nn_[common]).min())
+            checks.append(Check(f"(b) {act}: NN SGD risk < NT SGD risk at every rho < 1 (min NT - NN)",
+                                margin, "> 0", margin > 0, ""))
+
+    figs = {}
+    acts = sorted(table["activation"].unique())
+    fig, axes = plt.subplots(1, len(acts), figsize=(6.2 * len(acts), 4.4), squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        t = table[table["activation"] == act]
+        if act == "quadratic":
+            _theory_axes(ax, max(1.6, float(t["rho"].max()) * 1.05))
+        for reg in REGIMES:
+            s = t[t["regime"] == reg].sort_values("rho")
+            if not len(s):
+                continue
+            if act == "quadratic":
+                ax.plot(s["rho"], s["exact_norm"], "o", mfc="none", color=COLORS[reg], ms=8,
+                        label=f"{reg.upper()} exact optimum (d={d})")
+            if trained:
+                ax.plot(s["rho"], s["sgd_norm"], "x" if act == "quadratic" else "o-", color=COLORS[reg],
+                        ms=7, mew=2, label=f"{reg.upper()} SGD")
+        ax.set_xlabel("ρ = N / d")
+        ax.set_ylabel("R / Var(f*)")
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_title(f"{act} activation, d={d}, {int(last['step'].max())} SGD steps × batch "
+                     f"{int(base.batch_size)}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs["ghorbani_quadratic"] = fig
+
+    notes = (
+        "Normalized risk R/Var(f*) of two-layer nets on f*(x) = x^T B x - tr B, B = diag(gamma)/sqrt(d), "
+        "gamma ~ Exp(1) (the official code's target). Exact optimum: least squares in the space of "
+        "quadratic forms (lazylab.risks; RF/NT at the cell's own random W). SGD: population training "
+        "(fresh batch each step), risk of the trained model computed exactly (quadratic activation) or "
+        "by Monte Carlo (ReLU). Theory curves: d→∞ limits derived in /work/shared/PAPERS.md Sec. 2.1 "
+        "[D] (the paper's body was not available), verified against finite-d exact risks in "
+        "tests/test_risks.py. Check (a) against theory applies at d >= 200 only (issue 7); at smaller d "
+        "the deviation is reported as a metric. With short runs SGD stops above the optimum; NT near "
+        "rho = 1 converges slowest (the smallest singular value of W -> 0 at N = d)."
+    )
+    return Report(metrics=metrics, checks=checks, figures=figs, table=table, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# mixture of two centered Gaussians
+
+
+def mixture_sampler(d: int, s: int, delta: float, seed: int, device: str = "cpu", dtype=None):
+    """``(P, sample)``: P (d, s) orthonormal basis of the signal subspace (from ``seed``), and
+    ``sample(g, n) -> (x, y)`` with ``y = +-1`` equiprobable and
+    ``x = z + (sqrt(1 + y delta) - 1) P P^T z``, ``z ~ N(0, I_d)``, so ``Cov(x | y) = I + y delta P P^T``."""
+    import torch
+
+    if not 1 <= s <= d:
+        raise ValueError(f"s must be in [1, d={d}], got {s}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    dt = dtype or torch.get_default_dtype()
+    g = torch.Generator().manual_seed(5_000 + seed)
+    P = torch.linalg.qr(torch.randn(d, s, generator=g, dtype=torch.float64))[0].to(device=device, dtype=dt)
+
+    def sample(gen, n: int):
+        y = torch.where(torch.rand(n, generator=gen, device=device) < 0.5, -1.0, 1.0).to(dt)
+        z = torch.randn(n, d, generator=gen, device=device, dtype=dt)
+        k = torch.sqrt(1 + y * delta) - 1
+        return z + k[:, None] * ((z @ P) @ P.T), y
+
+    return P, sample
+
+
+def run_mixture(cfg: MixtureConfig, ctx: RunContext) -> list[dict]:
+    """One (regime, rho, seed) cell of the mixture experiment: test error along SGD (logistic loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lazylab import risks
+
+    N = _check_common(cfg)
+    dt = _dtype(cfg.dtype)
+    t0 = time.time()
+    bayes = risks.mixture_bayes_error(cfg.s, cfg.delta)
+    _, sample = mixture_sampler(cfg.d, cfg.s, cfg.delta, 0, ctx.device, dt)
+    model, net = build_regime(cfg.d, N, cfg.regime, cfg.activation, cfg.seed, cfg.second_layer_init,
+                              ctx.device, dt)
+    gt = torch.Generator(device=ctx.device).manual_seed(99 + cfg.seed)
+    Xt, yt = sample(gt, cfg.n_test)
+
+    def evaluate(m) -> dict:
+        with torch.no_grad():
+            out = torch.cat([m(Xt[i:i + 20000]) for i in range(0, cfg.n_test, 20000)])
+            err = float((torch.sign(out) != yt).double().mean())
+            loss = float(F.softplus(-yt * out).double().mean())
+        return {"test_error": err, "test_loss": loss}
+
+    def loss_fn(out, y):
+        return F.softplus(-y * out).mean()
+
+    recs = population_sgd(model, net, N, cfg.regime, lambda g: sample(g, cfg.batch_size), loss_fn,
+                          cfg.steps, cfg.lr, nt_multiplier(cfg.nt_w_mult, N, cfg.d), evaluate,
+                          _track_steps(cfg.steps, cfg.n_track),
+                          cfg.seed, ctx.device, ctx.bar if ctx.progress and cfg.steps >= 2000 else None)
+    extra = {"N": N, "bayes_error": bayes, "time_s": time.time() - t0}
+    return [{**r, **extra} for r in recs]
+
+
+def report_mixture(df, base: MixtureConfig) -> Report:
+    import matplotlib.pyplot as plt
+
+    last = _final(df)
+    table = (last.groupby(["activation", "regime", "rho", "N"])[["test_error", "bayes_error", "time_s"]]
+             .mean().reset_index())
+    table["excess"] = table["test_error"] - table["bayes_error"]
+    d, s = int(base.d), int(base.s)
+    bayes = float(table["bayes_error"].iloc[0])
+    metrics = {"bayes_error": bayes}
+    for row in table.itertuples(index=False):
+        metrics[f"test_error[{row.activation}/{row.regime}@rho={row.rho:g}]"] = float(row.test_error)
+    checks: list[Check] = []
+    q = table[table["activation"] == "quadratic"]
+    for reg in ("nt", "nn"):
+        t = q[(q["regime"] == reg) & (q["N"] >= d)]
+        if len(t):
+            v = float(t["excess"].max())
+            checks.append(Check(f"{reg.upper()} reaches the Bayes error for N >= d (max excess)", v,
+                                "<= 0.01", v <= 0.01, "abs"))
+    if s < d:
+        t = q[(q["regime"] == "nn") & (q["N"] >= s)]
+        if len(t):
+            v = float(t["excess"].max())
+            checks.append(Check(f"NN reaches the Bayes error already for N >= s = {s} (max excess)", v,
+                                "<= 0.01", v <= 0.01, "abs"))
+        t = q[(q["regime"] == "nt") & (q["N"] >= s) & (q["N"] < d)]
+        if len(t):
+            v = float(t["excess"].min())
+            checks.append(Check("NT does not for s <= N < d (min excess)", v, "> 0.01", v > 0.01, "abs"))
+    t = q[(q["regime"] == "rf") & (q["N"] <= 2 * d)]
+    if len(t):
+        v = float(t["excess"].min())
+        checks.append(Check("RF stays far from the Bayes error for N <= 2d (min excess)", v, "> 0.05",
+                            v > 0.05, "abs ('far' = 5 points of error)"))
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    for act, ls in (("quadratic", "-"), ("relu", "--")):
+        for reg in REGIMES:
+            sub = table[(table["activation"] == act) & (table["regime"] == reg)].sort_values("rho")
+            if len(sub):
+                ax.plot(sub["rho"], sub["test_error"], "o" + ls, color=COLORS[reg],
+                        label=f"{reg.upper()} ({act})")
+    ax.axhline(bayes, color="k", lw=1, ls=":", label=f"Bayes error {bayes:.3f}")
+    ax.axvline(s / d, color="gray", lw=0.8, ls="--", label=f"N = s ({s})")
+    ax.axvline(1.0, color="gray", lw=0.8, ls="-.", label="N = d")
+    ax.set_xlabel("ρ = N / d")
+    ax.set_ylabel("test classification error")
+    ax.set_title(f"mixture Σ± = I ± {base.delta:g}·P_s, d={d}, s={s}, {int(last['step'].max())} steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    notes = (
+        f"x | y=±1 ~ N(0, I ± delta P_s) with a random s-dim projector P_s (our parametrization; the "
+        f"paper's was not found). The log-likelihood ratio is delta/(1-delta²)·||P_s x||² - const, a "
+        f"rank-s quadratic, so with the logistic loss (whose population minimizer is the LLR) NN with "
+        f"N >= s and NT with N >= d contain the Bayes rule; NT with N < d cannot represent P_s. Bayes "
+        f"error exact from chi² tails (lazylab.risks.mixture_bayes_error); test errors on "
+        f"{int(base.n_test)} fresh points (Monte Carlo, s.e. ≈ "
+        f"{math.sqrt(bayes * (1 - bayes) / base.n_test):.4f})."
+    )
+    return Report(metrics=metrics, checks=checks, figures={"ghorbani_mixture": fig}, table=table,
+                  notes=notes)
+
+
+_RHO_QUICK = [0.25, 0.5, 0.75, 1.5]  # the issue's rho set of check (a)
+QUADRATIC = register(Experiment(
+    name="ghorbani-quadratic",
+    description="Ghorbani et al. 2019: RF / NT / NN risk on a quadratic target vs rho = N/d "
+                "(exact optimum, population SGD, d->inf theory); activation option (quadratic|relu)",
+    config=QuadraticConfig,
+    presets={
+        "quick": Preset(set={"d": 100, "steps": 2000},
+                        sweep={"regime": list(REGIMES), "rho": _RHO_QUICK}),
+        "quick-relu": Preset(set={"d": 100, "steps": 2000, "activation": "relu"},
+                             sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 1.0, 1.5]}),
+        "theory": Preset(set={"d": 450, "steps": 0},
+                         sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 0.75, 1.0, 1.5],
+                                "seed": [0, 1]}),
+        "paper": Preset(set={"d": 450, "steps": 100000},
+                        sweep={"regime": list(REGIMES),
+                               "rho": [round(n / 450, 4) for n in range(30, 451, 60)] + [1.5, 2.0]}),
+    },
+    run_cell=run_quadratic,
+    report=report_quadratic,
+))
+
+MIXTURE = register(Experiment(
+    name="ghorbani-mixture",
+    description="Ghorbani et al. 2019: RF / NT / NN test error on a two-Gaussian mixture "
+                "(Sigma = I +- delta P_s) vs rho = N/d, against the Bayes error",
+    config=MixtureConfig,
+    presets={
+        "quick": Preset(set={"d": 100, "s": 10, "steps": 2000},
+                        sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5]}),
+        "paper": Preset(set={"d": 450, "s": 45, "steps": 100000, "lr": 0.3},
+                        sweep={"regime": list(REGIMES),
+                               "rho": [0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]}),
+    },
+    run_cell=run_mixture,
+    report=report_mixture,
+))

@@ -41,7 +41,7 @@ def test_conv_epoch_is_first_epoch_after_last_excursion():
 def test_run_cell_tiny_records_and_frozen_phase2_kernel():
     cfg = LooConfig(phase1="adversarial", n_train=120, n_test=60, width=16, epochs1=2, epochs2=1,
                     probe_per_class=2, n_snapshots=4, freeze_epochs=(1.0,), train_attack_steps=2,
-                    eval_attack_steps=2, batch_size=40)
+                    eval_attack_steps=2, batch_size=40, kernel_check_points=12)
     recs = run_cell(cfg, RunContext(progress=False))
     df = pd.DataFrame(recs)
     ker = df[df["kind"] == "kernel"].sort_values("epoch")

@@ -106,3 +106,27 @@ def test_quick_preset_end_to_end(tmp_path):
                    echo=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert all(c["passed"] for c in summary["checks"]), summary["checks"]
+
+
+def _write_idx(path, arr):
+    import struct
+
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape))
+        f.write(arr.tobytes())
+
+
+def test_mnist_branch_on_fake_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 30)):
+        labels = rng.integers(0, 3, n)
+        imgs = np.zeros((n, 28, 28), np.uint8)
+        imgs[labels == 1, :, 10:18] = 255  # a bar for the ones, noise elsewhere
+        imgs += rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", imgs)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
+    recs = run_cell(WangConfig(dataset="mnist", data_dir=str(tmp_path), d=25, width=20, epochs=2,
+                               n_train=0, n_test=0, step=1e-2, max_steps=2000),
+                    RunContext(progress=False))
+    assert recs[0]["kind"] == "walk" and recs[0]["clean_acc"] > 0.5

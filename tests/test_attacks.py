@@ -244,6 +244,23 @@ def test_kernel_predictor_fit_interpolates_and_multiclass():
     assert bool((r.delta_norm <= 0.1).all())
 
 
+def test_kernel_predictor_of_linearized_model_uses_w0():
+    torch.manual_seed(2)
+    net = MLP([4, 10, 2]).double()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    c = torch.randn(5, 2, dtype=torch.float64)
+    ref = KernelPredictor(net, X, c)
+    lin = linearize(net)
+    with torch.no_grad():  # training the linearized model moves w, not the kernel at w0
+        for p in lin.model.parameters():
+            p.add_(torch.randn_like(p))
+    kp = KernelPredictor(lin, X, c)
+    xt = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.allclose(kp(xt), ref(xt), atol=1e-12)
+    K = ntk(lin, xt, X, output="full", accumulate_dtype=torch.float64)  # (3, 5, 2, 2), frozen kernel
+    assert torch.allclose(kp(xt), torch.einsum("nmab,mb->na", K, c), atol=1e-10)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_clear_errors():
     net = MLP([5, 8, 3])

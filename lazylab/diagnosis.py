@@ -130,7 +130,8 @@ class DiagnosisReport:
 
     @property
     def figures(self) -> dict[str, Any]:
-        """``{"curves": Figure, "spectrum": Figure}`` (built on first access, Agg backend)."""
+        """``{"curves": Figure, "spectrum": Figure}`` (``matplotlib.figure.Figure`` objects, built on
+        first access without pyplot)."""
         if self._figures is None:
             self._figures = {"curves": _curves_figure(self), "spectrum": _spectrum_figure(self)}
         return self._figures
@@ -209,13 +210,11 @@ def _plot_xy(ax: Any, x: np.ndarray, y: np.ndarray, label: str, **kw: Any) -> No
 
 
 def _curves_figure(rep: DiagnosisReport) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, any backend
 
     h, k = rep.history, rep.kernel
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2)
     s = h["step"].to_numpy(float)
     ax = axes[0, 0]
     for col, lab, ls in (("train_loss", "train (model)", "-"), ("lin_train_loss", "train (linearized)", "--"),
@@ -257,9 +256,10 @@ def _curves_figure(rep: DiagnosisReport) -> Any:
 
 
 def _spectrum_figure(rep: DiagnosisReport) -> Any:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for name, ls in (("init", "-"), ("final", "--")):
         lam = rep.spectra[name]
         lam = lam[lam > 0] / lam.max()
@@ -417,11 +417,12 @@ def _md_table(df: Any) -> str:
 
 
 def _crossover_figure(res: CrossoverResult) -> Any:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     t = res.table.sort_values("alpha")
     t = t.assign(test_error=t["test_error"].where(t["stopped"] != "diverged"))  # no curve through blow-ups
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(t["alpha"], t["kernel_rel_change"], "o-", color="C0", label="‖K_T − K_0‖/‖K_0‖")
     ax.axhline(res.threshold, color="C0", ls=":", lw=1)
     if res.alpha_star is not None:
@@ -432,7 +433,7 @@ def _crossover_figure(res: CrossoverResult) -> Any:
     ax2.set_ylabel(res.error_name, color="C3")
     lines = ax.get_legend_handles_labels()
     l2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + l2[0], lines[1] + l2[1], fontsize=8, loc="lower left")
+    ax.legend(lines[0] + l2[0], lines[1] + l2[1], fontsize=8, loc="center right")
     div = res.table.loc[res.table["stopped"] == "diverged", "alpha"]
     ax.set_title("lazy ↔ feature crossover" + (f" (diverged: α = {', '.join(f'{a:g}' for a in div)})"
                                                 if len(div) else ""))

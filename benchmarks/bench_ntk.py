@@ -31,12 +31,14 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import multiprocessing as mp
 import os
 import resource
 import statistics
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import pandas as pd
@@ -139,10 +141,13 @@ class PeakRSS:
         self.delta = self.peak - self.start
 
 
-def measure(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device
-            ) -> tuple[float, float, torch.Tensor]:
+def measure(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device,
+            budget_s: float = 20.0) -> tuple[float, float, torch.Tensor]:
+    """Median time / max peak memory over up to ``repeats`` runs (fewer once ``budget_s`` is spent)."""
     times, mems, out = [], [], None
     for _ in range(repeats):
+        if sum(times) > budget_s:
+            break
         out = None
         gc.collect()
         if device.type == "cuda":
@@ -227,12 +232,39 @@ def auto_choice(model: nn.Module, x: torch.Tensor) -> str:
         return _choose(pb, st, len(x), len(x), o, "trace", True)
 
 
+def measure_forked(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device,
+                   timeout: float) -> tuple[float, float, torch.Tensor]:
+    """:func:`measure` in a forked child (same weights and data), killed after ``timeout`` s."""
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            t, mem, k = measure(fn, repeats, device)
+            send.send((t, mem, k.detach().cpu().numpy()))  # by value, not via shared memory
+        except Exception as err:  # report, do not hang the parent
+            send.send(RuntimeError(f"{type(err).__name__}: {err}"))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    ready = recv.poll(timeout)
+    if not ready:
+        proc.kill()
+        proc.join()
+        raise TimeoutError(f"timeout > {timeout:.0f} s")
+    res = recv.recv()
+    proc.join()
+    if isinstance(res, Exception):
+        raise res
+    return res[0], res[1], torch.from_numpy(res[2])
+
+
 def run_case(name: str, model: nn.Module, x: torch.Tensor, repeats: int, device: torch.device,
-             thr: float, baseline: bool) -> list[dict]:
+             thr: float, baseline: bool, peer_timeout: float = 300.0) -> list[dict]:
     model = model.to(device)
     x = x.to(device)
     fl = floors(model, x)
-    rows = []
+    rows: list[dict] = []
     ref = None
     methods: dict[str, Callable[[], torch.Tensor]] = {}
     if baseline:
@@ -241,18 +273,24 @@ def run_case(name: str, model: nn.Module, x: torch.Tensor, repeats: int, device:
         methods[m] = lambda m=m: ntk(model, x, method=m, progress=False)
     x2 = x.clone()  # a distinct tensor: no symmetry shortcut, like the tutorial's two Jacobians
     methods["structured (x2 given)"] = lambda: ntk(model, x, x2, method="structured")
-    methods.update(peers(model, x))
+    peer_fns = peers(model, x)
+    peer_names = set(peer_fns)
+    methods.update(peer_fns)
     base_t = None
     for mname, fn in methods.items():
         if mname == "ntvp" and fl["passes"] * len(x) > 3e11:
             rows.append({"case": name, "method": mname,
                          "note": "skipped: N^2 O F products too costly here"})
             continue
-        reps = 1 if mname in ("torch.func tutorial", "ntvp", "jacobian") else repeats
+        reps = repeats
+        print(f"  {name}: {mname} ...", file=sys.stderr, flush=True)
         try:
-            t, mem, k = measure(fn, reps, device)
+            if mname in peer_names and device.type == "cpu":
+                t, mem, k = measure_forked(fn, reps, device, peer_timeout)
+            else:
+                t, mem, k = measure(fn, reps, device)
         except Exception as err:  # a peer failing must not stop the table
-            rows.append({"case": name, "method": mname, "note": f"failed: {err}"[:60]})
+            rows.append({"case": name, "method": mname, "note": f"{type(err).__name__}: {err}"[:70]})
             continue
         ref = k if ref is None else ref
         err = ((k - ref).abs().max() / ref.abs().max()).item()
@@ -293,16 +331,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on CPU)")
     ap.add_argument("--big", action="store_true", help="also the 20000^2 tiled MLP kernel")
+    ap.add_argument("--big-only", action="store_true", help="only the --big measurement")
     ap.add_argument("--big-n", type=int, default=20000)
     ap.add_argument("--big-block", type=int, default=2500)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--peer-timeout", type=float, default=300.0,
+                    help="seconds before an optional peer is stopped (CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    warnings.filterwarnings("ignore", message="Full backward hook")  # BackPACK's hooks
     torch.manual_seed(0)
     thr = matmul_throughput(device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
@@ -314,10 +356,13 @@ def main() -> None:
         cases[1:1] = [("MLP N=1024", mlp, lambda: torch.randn(1024, 784))]
         cases[3:3] = [("CNN N=256", cnn, lambda: torch.randn(256, 3, 32, 32))]
     rows = []
+    if args.big_only:
+        cases, args.big = [], True
     for name, make, data in cases:
         torch.manual_seed(0)
         model, x = make(), data()
-        rows += run_case(name, model, x, args.repeats, device, thr, not args.no_baseline)
+        rows += run_case(name, model, x, args.repeats, device, thr, not args.no_baseline,
+                         args.peer_timeout)
         print(pd.DataFrame([r for r in rows if r["case"] == name]).to_string(
             index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     if args.big:

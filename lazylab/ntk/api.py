@@ -51,6 +51,9 @@ def _forward_flops(engine: StructuredEngine, problem: Problem) -> float:
     return float(layer + rest)
 
 
+STRUCTURED_OVERHEAD = 1.25  # hooks, unfold and cotangent copies; measured on the CNN benchmark
+
+
 def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
             symmetric: bool) -> str:
     """The ``auto`` cost model (multiply-adds; see :func:`ntk`)."""
@@ -60,11 +63,13 @@ def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, ou
     pairs = n1 * n2 / (2.0 if symmetric else 1.0)
     oo = o if output == "full" else 1
     rest = sum(problem.params[n].numel() for n in st.rest)
+    build = sum(g.t * g.d_in * g.d_out for g in st.groups if g.explicit)
     cost = {
-        "jacobian": nf * o * (3 * fwd + 4 * p) + pairs * o * oo * p,
-        "ntvp": n2 * o * (n1 + n2) * 3 * fwd,
-        "structured": nf * o * (2 * fwd + 4 * rest) + pairs * (st.flops_per_entry()
-                                                               + o * oo * rest),
+        "jacobian": nf * (fwd + 2 * o * fwd + o * p) + pairs * o * oo * p,
+        "ntvp": 2 * n2 * o * (n1 + n2) * fwd,
+        "structured": STRUCTURED_OVERHEAD * (
+            nf * (fwd + o * fwd + o * build + 2 * o * rest)
+            + pairs * (st.flops_per_entry() + o * oo * rest)),
     }
     if not st.groups:
         del cost["structured"]
@@ -135,10 +140,13 @@ def ntk(
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
-    ``O`` outputs, ``N1 N2`` entries; halve the pair terms when symmetric):
-    jacobian ``(N1 + N2) O (3F + 4P) + N1 N2 O P``; ntvp ``3 N2 O (N1 + N2) F``; structured
-    ``2 (N1 + N2) O F + N1 N2 C`` with ``C`` the per-entry layer-rule cost (``d_in + O d_out`` per
-    ``nn.Linear``) plus the Jacobian terms of uncovered parameters. The cheapest wins; ``ntvp`` is
+    ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
+    when symmetric)): jacobian ``N (F + 2 O F + O P) + E O P``; ntvp ``2 N2 O (N1 + N2) F``;
+    structured ``1.25 [N (F + O F + O B) + E C]`` with ``C`` the per-entry layer-rule cost
+    (``d_in + O d_out`` per ``nn.Linear``, ``O d_in d_out`` for a layer contracted through explicit
+    per-example gradients, e.g. a convolution), ``B`` the cost of building those gradients, plus
+    the Jacobian terms of uncovered parameters; 1.25 is the measured overhead of hooks and unfolding.
+    The cheapest wins (structured for MLPs, jacobian for small CNNs in the benchmark); ``ntvp`` is
     forced when one example's Jacobian ``P O`` does not fit the 1 GiB budget.
 
     Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is

@@ -58,7 +58,7 @@ _EXPORTS: dict[str, str] = {
 
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
-    "attacks", "tensor", "data", "diagnosis", "lab",
+    "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -121,7 +121,7 @@ def test_class_inclusions_order_the_risks(d, N, seed):
 
 def test_nt_traceless_is_one_minus_rho_squared_var():
     rng = np.random.default_rng(6)
-    d = 300
+    d = 200
     B = _sym(rng, d)
     B -= np.trace(B) / d * np.eye(d)
     v = risks.quadratic_variance(B)
@@ -198,11 +198,11 @@ def test_model_quadratic_form_and_risk_of_nets_and_linearization():
         net.out.weight.add_(0.2)
     rng = np.random.default_rng(9)
     B = _sym(rng, d)
-    x = torch.tensor(rng.standard_normal((200_000, d)))
+    x = torch.tensor(rng.standard_normal((100_000, d)))
     fs = ((x.numpy() @ B) * x.numpy()).sum(1) - np.trace(B)
     with torch.no_grad():
         mc = float(np.mean((fs - lin(x).numpy()) ** 2))
-    assert risks.model_risk(lin, B) == pytest.approx(mc, rel=0.02)
+    assert risks.model_risk(lin, B) == pytest.approx(mc, rel=0.03)
 
 
 def test_mixture_bayes_error_matches_monte_carlo_and_is_optimal():

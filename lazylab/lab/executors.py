@@ -228,9 +228,17 @@ class DaskExecutor(Executor):
         if address is None:
             if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
                 raise ValueError(f"--workers must be a positive integer, got {workers!r}")
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                        processes=True, dashboard_address=None,
-                                        silence_logs=logging.ERROR)
+            import dask
+
+            # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the workers, which turns off
+            # glibc's dynamic mmap threshold: every MB-sized tensor is then a fresh mmap + page
+            # faults. Measured: 2x the CPU time of a regimes-demo cell. Drop it.
+            environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+            environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                            processes=True, dashboard_address=None,
+                                            silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
             self.workers = workers
             self.name = f"dask LocalCluster x{workers}"

@@ -531,7 +531,7 @@ MIXTURE = register(Experiment(
                 "(Sigma = I +- delta P_s) vs rho = N/d, against the Bayes error",
     config=MixtureConfig,
     presets={
-        "quick": Preset(set={"d": 100, "s": 10, "steps": 2000},
+        "quick": Preset(set={"d": 100, "s": 10, "steps": 4000, "nt_w_mult": 20.0},
                         sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5]}),
         "paper": Preset(set={"d": 450, "s": 45, "steps": 100000, "lr": 0.3},
                         sweep={"regime": list(REGIMES),

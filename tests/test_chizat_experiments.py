@@ -285,3 +285,18 @@ def test_quick_preset_end_to_end(name, tmp_path):
     path = run_experiment(name, preset="quick", out=tmp_path / name, progress=False, echo=False)
     summary = json.loads((path.parent / "summary.json").read_text())
     assert summary["checks"] and all(c["passed"] for c in summary["checks"]), summary["checks"]
+
+
+def test_cell_threads_sets_and_restores():
+    from lazylab.lab.experiments._chizat_common import cell_threads
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cell_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with cell_threads(0):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)

@@ -36,6 +36,7 @@ GAPS = (("sup_w", r"$\sup_t\|w-w_0\|$", -1.0),
 @dataclass
 class ChizatRatesConfig:
     seed: int = 0
+    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     alpha: float = 1.0
     center: str = "copy"        # copy | symmetric
     d: int = 5
@@ -50,6 +51,14 @@ class ChizatRatesConfig:
 
 
 def run_cell(cfg: ChizatRatesConfig, ctx: RunContext) -> list[dict]:
+    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    from lazylab.lab.experiments._chizat_common import cell_threads
+
+    with cell_threads(cfg.threads):
+        return _run_cell(cfg, ctx)
+
+
+def _run_cell(cfg: ChizatRatesConfig, ctx: RunContext) -> list[dict]:
     """Train ``lazy(net, alpha, center)`` with its linearized twin; one record of the sup gaps."""
     import torch
 

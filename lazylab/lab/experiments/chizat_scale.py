@@ -37,6 +37,7 @@ PAPER_TAUS = [round(10 ** (k / 10), 6) for k in range(-22, 11)]  # 10^(-2.2:0.1:
 @dataclass
 class ChizatScaleConfig:
     seed: int = 0               # trial: teacher, data and init draw
+    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     tau: float = 1.0            # init scale (all weights ~ tau * N(0, 1))
     d: int = 100
     m: int = 50                 # student width (even: symmetrized)
@@ -55,6 +56,14 @@ class ChizatScaleConfig:
 
 
 def run_cell(cfg: ChizatScaleConfig, ctx: RunContext) -> list[dict]:
+    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    from lazylab.lab.experiments._chizat_common import cell_threads
+
+    with cell_threads(cfg.threads):
+        return _run_cell(cfg, ctx)
+
+
+def _run_cell(cfg: ChizatScaleConfig, ctx: RunContext) -> list[dict]:
     """Train the symmetrized net at one (tau, trial); one summary record."""
     import torch
 

@@ -36,6 +36,7 @@ from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, 
 @dataclass
 class ChizatTrajectoriesConfig:
     seed: int = 0
+    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     tau: float = 0.1
     m: int = 20                 # student width (paper Fig 1: 20; code: 16; Fig 6: 200)
     n_train: int = 15           # Fig 6: 200
@@ -84,6 +85,14 @@ def angular_distances(W: Any, a: Any, U: Any) -> dict[str, float]:
 
 
 def run_cell(cfg: ChizatTrajectoriesConfig, ctx: RunContext) -> list[dict]:
+    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    from lazylab.lab.experiments._chizat_common import cell_threads
+
+    with cell_threads(cfg.threads):
+        return _run_cell(cfg, ctx)
+
+
+def _run_cell(cfg: ChizatTrajectoriesConfig, ctx: RunContext) -> list[dict]:
     """GD on one (tau, m, n, symmetric) cell; one record per tracked step with the neuron points."""
     import torch
 

@@ -35,6 +35,7 @@ PAPER_MS = [2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512]
 @dataclass
 class ChizatWidthConfig:
     seed: int = 0               # trial: teacher, data and init
+    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     m: int = 64
     scaling: str = "sqrt"       # sqrt: alpha = 1/sqrt(m), step 1/m | mean_field: alpha = 1/m, step 0.05/m
     d: int = 100
@@ -58,6 +59,14 @@ def alpha_and_lr(m: int, scaling: str) -> tuple[float, float]:
 
 
 def run_cell(cfg: ChizatWidthConfig, ctx: RunContext) -> list[dict]:
+    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    from lazylab.lab.experiments._chizat_common import cell_threads
+
+    with cell_threads(cfg.threads):
+        return _run_cell(cfg, ctx)
+
+
+def _run_cell(cfg: ChizatWidthConfig, ctx: RunContext) -> list[dict]:
     """Train ``lazy(h, alpha(m), "none")`` at one (m, scaling, trial); one record per tracked step."""
     from lazylab.lab.experiments._chizat_common import chizat_net, teacher_data
     from lazylab.regimes import lazy

@@ -9,7 +9,10 @@ so 1 worker = 1 core). Every configuration runs the same cells in this process's
 * ``wall``: the whole ``run_experiment`` call (pool / cluster start, imports in the workers,
   store writes and the report included) — what a user waits for;
 * ``cells``: the makespan of the cells, from the first cell start to the last cell end as
-  recorded in the store (excludes process start-up).
+  recorded in the store (excludes process start-up);
+* ``in flight``: the sum of the cells' own wall times divided by the makespan — how many cells the
+  executor kept running at once on average (2 workers should give ~2 whatever the load; the
+  speed-up is this times the per-cell slowdown from sharing the cores).
 
 The machine may be shared: the load average is printed before and after; read the ratios with it.
 With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled`` = 1) every session
@@ -30,7 +33,8 @@ from lazylab.lab.runner import run_experiment
 from lazylab.lab.store import Store, load_results
 
 
-def one(out: Path, executor: str, workers: int, steps: int) -> tuple[float, float, object]:
+def one(out: Path, executor: str, workers: int,
+        steps: int) -> tuple[float, float, float, object]:
     t0 = time.perf_counter()
     run_experiment("regimes-demo", set={"m": 2000, "n_train": 256, "n_test": 256, "d": 20,
                                         "steps": steps, "n_track": 5},
@@ -40,8 +44,9 @@ def one(out: Path, executor: str, workers: int, steps: int) -> tuple[float, floa
     with Store.open_readonly(out) as st:
         cells = st.cells()
     makespan = max(c["finished"] for c in cells) - min(c["started"] for c in cells)
+    in_flight = sum(c["wall_s"] for c in cells) / makespan
     df = load_results(out).sort_values(["cell_id", "step"]).reset_index(drop=True)
-    return wall, makespan, df
+    return wall, makespan, in_flight, df
 
 
 def main() -> None:
@@ -65,14 +70,15 @@ def main() -> None:
         for label, ex, w in configs:
             best = (float("inf"), float("inf"))
             for r in range(args.repeat):
-                wall, span, df = one(Path(tmp) / f"{ex}{w}-{r}", ex, w, args.steps)
+                wall, span, flight, df = one(Path(tmp) / f"{ex}{w}-{r}", ex, w, args.steps)
                 best = (min(best[0], wall), min(best[1], span))
                 if ref is None:
                     ref = df
                 else:  # same seeds -> same records on every executor
                     assert df.equals(ref), f"{label}: records differ"
             res[label] = best
-            print(f"{label:32s} wall {best[0]:7.2f} s   cells {best[1]:7.2f} s", flush=True)
+            print(f"{label:32s} wall {best[0]:7.2f} s   cells {best[1]:7.2f} s   "
+                  f"in flight {flight:4.2f}", flush=True)
     print(f"load average after: {os.getloadavg()}")
     b_wall, b_cells = res[configs[0][0]]
     d1_wall, d1_cells = res[configs[2][0]]

@@ -15,7 +15,8 @@ d_out)`` (the per-layer Gram rule, ``d_in = C_in k^2`` for convolutions), plus `
 
 Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` (reset before each run). CPU: peak resident
 set size above the level before the run, sampled from ``/proc/self/statm`` every 2 ms by a thread
-("RSS delta"; the allocator may reuse memory freed earlier, so this is a lower bound).
+("RSS delta"; glibc's mmap threshold is fixed at 64 KiB so freed tensors go back to the OS and
+each run's allocations show up; peers run in a forked child, measured the same way).
 
 Optional peers (``pip install -e .[bench]``), timed when importable and checked against the
 baseline: nngeometry (``GramMatrix``, its per-layer hook rules, dense ``(O, N, O, N)``) and BackPACK
@@ -328,6 +329,19 @@ def big(device: torch.device, n: int, block: int) -> None:
         print(f"  cuda max_memory_allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
+def _fixed_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after large frees, so later big tensors come from the
+    retained heap and never show up in RSS; a fixed 64 KiB threshold makes RSS deltas honest."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: deltas may under-report
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on CPU)")
@@ -346,6 +360,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        _fixed_mmap_threshold()
     warnings.filterwarnings("ignore", message="Full backward hook")  # BackPACK's hooks
     torch.manual_seed(0)
     thr = matmul_throughput(device)

@@ -56,6 +56,13 @@ def test_chizat_net_symmetrized_zero_output_and_structure():
     assert torch.allclose(net2(X), ref, atol=1e-12)
 
 
+def test_chizat_net_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = chizat_net(3, 4, 1.0, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(chizat_net(3, 4, 1.0, seed=5).hidden.weight, a.hidden.weight)
+
+
 def test_chizat_net_tau_is_alpha_tau_squared():
     """Same N(0,1) draw for every tau; 2-homogeneous: f_tau = tau^2 f_1 (so tau acts as alpha = tau^2)."""
     X = torch.randn(9, 5, dtype=torch.float64)

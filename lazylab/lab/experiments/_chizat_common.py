@@ -87,8 +87,9 @@ def chizat_net(d: int, m: int, tau: float, seed: int, *, symmetric: bool = True,
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
     if symmetric and m % 2:
         raise ValueError(f"m must be even for the symmetrized init, got m={m}")
-    torch.manual_seed(int(seed))
-    net = TwoLayerNet(d, m, activation="relu", scaling=1.0, input_scale=1.0, init_std=1.0).to(dtype)
+    with torch.random.fork_rng(devices=[]):  # seeded draw; the caller's global RNG is left as it was
+        torch.manual_seed(int(seed))
+        net = TwoLayerNet(d, m, activation="relu", scaling=1.0, input_scale=1.0, init_std=1.0).to(dtype)
     with torch.no_grad():
         if init == "unit":
             net.hidden.weight.div_(net.hidden.weight.norm(dim=1, keepdim=True))

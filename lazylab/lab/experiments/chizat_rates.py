@@ -71,8 +71,9 @@ def _run_cell(cfg: ChizatRatesConfig, ctx: RunContext) -> list[dict]:
     if cfg.center not in ("copy", "symmetric"):
         raise ValueError(f"center must be 'copy' or 'symmetric', got {cfg.center!r}")
     (X, y), _, _, _ = teacher_data(cfg.d, cfg.m0, cfg.n, 1, cfg.seed, dtype=torch.float64)
-    torch.manual_seed(cfg.seed)
-    net = TwoLayerNet(cfg.d, cfg.m, activation=cfg.activation, scaling="ntk").double()
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(cfg.seed)
+        net = TwoLayerNet(cfg.d, cfg.m, activation=cfg.activation, scaling="ntk").double()
     model = lazy(net, cfg.alpha, center=cfg.center)
     hist = train(model, (X, y), loss="mse", optimizer="gd", lr=cfg.lr, steps=cfg.steps,
                  trackers=[WeightChange(), LinearizedTwin(X)], track_steps=max(cfg.track_every, 1),

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lazylab run chizat-scale --preset quick --out runs/demo
+	$(BIN)/lazylab run chizat-scale --preset quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -299,3 +299,12 @@ def test_dtype_argument_does_not_touch_the_model():
     k = ntk(model, x, dtype=torch.float64, method="structured")
     assert k.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
     assert rel_err(k, naive_ntk(model, x)) < 1e-10
+
+
+def test_lazylab_ntk_is_callable_after_submodule_import():
+    import lazylab
+    import lazylab.ntk.api  # noqa: F401  (importing the package must not shadow the function)
+
+    net = lazylab.TwoLayerNet(3, 5).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert torch.allclose(lazylab.ntk(net, x), lazylab.ntk.api.ntk(net, x))

@@ -6,6 +6,19 @@
 - :mod:`lazylab.ntk.api`: the entry point, cost model and tiling.
 """
 
+import sys as _sys
+import types as _types
+
 from lazylab.ntk.api import METHODS, OUTPUTS, ntk
 
 __all__ = ["ntk", "METHODS", "OUTPUTS"]
+
+
+class _CallableModule(_types.ModuleType):
+    """``lazylab.ntk`` is both this package and the function: ``lazylab.ntk(model, x1, x2)``."""
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return ntk(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

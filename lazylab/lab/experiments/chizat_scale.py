@@ -177,7 +177,8 @@ def report(df, base: ChizatScaleConfig) -> Report:
     ax.set_xlabel(r"init scale $\tau$")
     ax.set_ylabel(r"test loss $\times 1000$")
     ax.set_title(f"d={base.d}, m={base.m}, n={base.n_train}, {base.steps} GD steps, "
-                 f"{int(metrics['n_trials'])} trials", fontsize=9)
+                 f"{int(metrics['n_trials'])} trial{'s' if metrics['n_trials'] != 1 else ''}, "
+                 f"{base.dtype}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
 

@@ -14,6 +14,8 @@ so 1 worker = 1 core). Every configuration runs the same cells in this process's
   executor kept running at once on average (2 workers should give ~2 whatever the load; the
   speed-up is this times the per-cell slowdown from sharing the cores).
 
+A control runs first and last: the speed-up of 2 processes over 1 on pure-Python work, i.e. the
+ceiling the machine allows this session at the moment.
 The machine may be shared: the load average is printed before and after; read the ratios with it.
 With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled`` = 1) every session
 gets an equal CPU share when the machine is oversubscribed, so the workers of one sweep then split
@@ -31,6 +33,32 @@ from pathlib import Path
 
 from lazylab.lab.runner import run_experiment
 from lazylab.lab.store import Store, load_results
+
+
+def _burn(n: int) -> float:
+    """Pure-Python CPU work (no torch, no lazylab): the control for what 2 processes can gain."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i * i
+    return time.perf_counter() - t0
+
+
+def control_speedup(n: int = 10_000_000) -> float:
+    """Speed-up of 2 spawned processes over 1 on the same pure-Python work: the ceiling that the
+    machine (cores actually available to this session) allows right now."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_burn, [1000, 1000])  # start-up outside the timings
+        t0 = time.perf_counter()
+        pool.map(_burn, [n], chunksize=1)
+        pool.map(_burn, [n], chunksize=1)
+        serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pool.map(_burn, [n, n], chunksize=1)
+        parallel = time.perf_counter() - t0
+    return serial / parallel
 
 
 def one(out: Path, executor: str, workers: int,
@@ -61,6 +89,8 @@ def main() -> None:
               "one share, whatever the number of workers)", flush=True)
     except OSError:
         pass
+    print(f"control: 2 processes vs 1 on pure-Python work: {control_speedup():.2f}x "
+          "(the most any executor can gain here now)", flush=True)
     configs = [("in-process (local, 1 worker)", "local", 1), ("local, 2 processes", "local", 2),
                ("dask LocalCluster, 1 worker", "dask", 1),
                ("dask LocalCluster, 2 workers", "dask", 2)]
@@ -79,7 +109,7 @@ def main() -> None:
             res[label] = best
             print(f"{label:32s} wall {best[0]:7.2f} s   cells {best[1]:7.2f} s   "
                   f"in flight {flight:4.2f}", flush=True)
-    print(f"load average after: {os.getloadavg()}")
+    print(f"load average after: {os.getloadavg()}; control again: {control_speedup():.2f}x")
     b_wall, b_cells = res[configs[0][0]]
     d1_wall, d1_cells = res[configs[2][0]]
     print("speed-ups (ratio of times; target >= 1.8 on 2 workers):")

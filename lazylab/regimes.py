@@ -15,6 +15,7 @@ alpha: ``sup_t ||w(t) - w0|| = O(1/alpha)`` and the model follows its linearizat
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 
@@ -100,7 +101,7 @@ class Lazy(nn.Module):
 
     Parametrization: the trainable parameters are the displacements ``delta = w - w0`` (they start at
     zero), held in ``self.delta`` (``self.delta_b`` for the second copy when symmetric); ``self.model``
-    keeps ``w0`` frozen. Moves of size ``1/alpha`` therefore keep full relative precision in float32.
+    is a frozen copy of the model at ``w0`` (the caller's module is not modified). Moves of size ``1/alpha`` therefore keep full relative precision in float32.
     The forward pass evaluates ``h(w0 + delta) - h(w0)`` in ``compute_dtype``; by default float64
     whenever ``alpha * eps(dtype) > 1e-4`` (alpha > ~830 for float32), because in the model's own
     precision the difference of two O(1) outputs loses ``alpha * eps`` of absolute accuracy.
@@ -125,10 +126,10 @@ class Lazy(nn.Module):
         self._names = trainable_names(model)
         if not self._names:
             raise ValueError("model has no trainable parameters (all have requires_grad=False)")
-        self.model = model
-        for p in model.parameters():
+        self.model = copy.deepcopy(model)  # frozen w0; the caller's model is left untouched
+        for p in self.model.parameters():
             p.requires_grad_(False)
-        named = dict(model.named_parameters())
+        named = dict(self.model.named_parameters())
         self.delta = nn.ParameterDict(
             {_key(n): nn.Parameter(torch.zeros_like(named[n])) for n in self._names}
         )
@@ -248,8 +249,8 @@ def lazy(
     """Rescaled model ``alpha * (h(w, x) - h(w0, x))`` with loss scale ``1/alpha**2``.
 
     Args:
-        model: any module with trainable parameters; its current weights are ``w0``. It is used in
-            place (its parameters become the frozen ``w0``); pass a copy to keep the original.
+        model: any module with trainable parameters; its current weights are ``w0``. A frozen copy
+            is kept; ``model`` itself is not modified.
         alpha: scale, finite and > 0. Large alpha = lazy training.
         center: ``"copy"`` | ``"symmetric"`` | ``"none"`` (see :class:`Lazy`).
         compute_dtype: dtype of the forward evaluation (default: float64 when alpha is too large for

@@ -233,3 +233,14 @@ def test_apply_regime_by_name():
     assert isinstance(lazylab.apply_regime(lazylab.TwoLayerNet(3, 4), "linearized"), lazylab.Linearized)
     with pytest.raises(ValueError, match="regime must be one of.*random_features"):
         lazylab.apply_regime(net, "ntk")
+
+
+def test_lazy_leaves_the_callers_model_untouched():
+    net = lazylab.TwoLayerNet(3, 4)
+    before = [p.detach().clone() for p in net.parameters()]
+    lz = lazylab.lazy(net, 10.0)
+    X = torch.randn(8, 3)
+    lazylab.train(lz, (X, X[:, 0]), lr=0.5, steps=3)
+    assert all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert lz.delta["hidden__weight"].abs().sum() > 0

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from lazylab.lab.memory import tune_malloc
 from lazylab.lab.sweep import Cell
 
 __all__ = [
@@ -117,6 +118,7 @@ def execute_cell(experiment: str, module: str | None, config: dict[str, Any], de
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    tune_malloc()  # reuse freed tensor memory instead of fresh page faults (lazylab.lab.memory)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))

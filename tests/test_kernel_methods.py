@@ -12,14 +12,6 @@ from lazylab.kernel_methods import gradient_flow, kernel_regression, max_stable_
 from lazylab.ntk import ntk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(out=1):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),

@@ -14,12 +14,6 @@ from lazylab.ntk import ntk
 models = pytest.importorskip("lazylab.models")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _x(n=6, d=5, seed=0):

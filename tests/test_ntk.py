@@ -14,13 +14,6 @@ from lazylab.ntk import ntk
 METHODS = ["jacobian", "ntvp", "structured", "auto"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a busy 2-core box: OpenMP spin-waiting makes 2 threads ~1000x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def naive_ntk(model: nn.Module, x1, x2=None, names=None, output="trace"):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+from lazylab.regimes import Linearized, _check_batchnorm
 
 ParamSpec = Sequence[str] | Callable[[str, Tensor], bool] | None
 
@@ -34,10 +34,6 @@ def as_2d(out: object) -> Tensor:
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     """(module to differentiate, parameter values overriding its own ones)."""
-    try:  # the regimes module may be absent in a partial checkout
-        from lazylab.regimes import Linearized
-    except ImportError:  # pragma: no cover
-        return model, {}
     if isinstance(model, Linearized):
         return model.model, {k: v.detach() for k, v in model.params0.items()}
     return model, {}
@@ -99,14 +95,7 @@ def build_problem(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     module, override = _unwrap(model)
-    for name, mod in module.named_modules():
-        if isinstance(mod, _BN_TYPES) and not mod.track_running_stats:
-            raise ValueError(
-                f"ntk: BatchNorm layer {name!r} has track_running_stats=False: its output couples "
-                "the examples of a batch, so per-example tangent features do not exist. lazylab's "
-                "policy is eval-mode BatchNorm (running statistics); use track_running_stats=True "
-                "or remove the layer."
-            )
+    _check_batchnorm(module, "ntk")  # eval-mode BatchNorm policy, shared with linearize()
     named = dict(module.named_parameters())
     if not named:
         raise ValueError("model has no parameters")

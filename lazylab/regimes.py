@@ -101,7 +101,8 @@ class Lazy(nn.Module):
 
     Parametrization: the trainable parameters are the displacements ``delta = w - w0`` (they start at
     zero), held in ``self.delta`` (``self.delta_b`` for the second copy when symmetric); ``self.model``
-    is a frozen copy of the model at ``w0`` (the caller's module is not modified). Moves of size ``1/alpha`` therefore keep full relative precision in float32.
+    is a frozen copy of the model at ``w0`` (the caller's module is not modified). Moves of size
+    ``1/alpha`` therefore keep full relative precision in float32.
     The forward pass evaluates ``h(w0 + delta) - h(w0)`` in ``compute_dtype``; by default float64
     whenever ``alpha * eps(dtype) > 1e-4`` (alpha > ~830 for float32), because in the model's own
     precision the difference of two O(1) outputs loses ``alpha * eps`` of absolute accuracy.

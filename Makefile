@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/lazylab run chizat-scale --preset quick
 
 test: $(STAMP)
+	$(BIN)/ruff check lazylab tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1, metavar="T",
                    help="torch threads per cell (default 1; parallelism comes from --workers, "
                         "and one thread count everywhere gives identical records)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
 
     rp = sub.add_parser("report", help="rebuild a run folder's report from its stored results",
                         description="Rebuild summary.json, figures/ and report.md of DIR from "
@@ -130,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_experiment(args.name, preset=args.preset, set=args.set, sweep=args.sweep,
                        out=args.out, executor=args.executor, workers=args.workers,
-                       resume=args.resume, device=args.device, progress=not args.no_progress,
+                       resume=args.resume, device=args.device,
+                       progress=not args.no_progress and sys.stderr.isatty(),
                        threads=args.threads,
                        argv=["lazylab", *args_list])
         return 0

@@ -329,7 +329,7 @@ def train(
         blob = torch.load(ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
-        gen.set_state(blob["generator"])
+        gen.set_state(blob["generator"].cpu())  # map_location may have moved it off the CPU
         perm = blob["perm"]
         start = blob["step"]
         history.records = blob["records"]

@@ -158,6 +158,9 @@ def adversarial_train(
         raise ValueError(f"data: X has {X.shape[0]} rows but y has {y.shape[0]}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev)
+    if ball is not None:  # its copy of the init must follow the layer to dev
+        ball.w0 = ball.w0.to(dev)
+        ball.b0 = None if ball.b0 is None else ball.b0.to(dev)
     X, y = X.to(dev), y.to(dev)
     n = X.shape[0]
     per_epoch = math.ceil(n / batch_size)

@@ -45,7 +45,7 @@ def teacher_two_layer(
         raise ValueError(f"signs must be 'random' or 'positive', got {signs!r}")
 
     def f(x: Tensor) -> Tensor:
-        z = torch.relu(x.to(torch.float64) @ B.T) @ a
+        z = torch.relu(x.to(torch.float64) @ B.T.to(x.device)) @ a.to(x.device)
         return (output_scale * z).to(x.dtype)
 
     return f, B, a

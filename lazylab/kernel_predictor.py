@@ -121,8 +121,7 @@ class KernelPredictor(nn.Module):
             Y = y_train.reshape(-1, 1) if o == 1 else y_train
         else:
             Y = F.one_hot(y_train, o).to(torch.float64)
-        sel = params if params is not None else None
-        K = ntk(model, X_train, output="full", params=sel, accumulate_dtype=torch.float64)
+        K = ntk(model, X_train, output="full", params=params, accumulate_dtype=torch.float64)
         n = X_train.shape[0]
         Kf = K.permute(0, 2, 1, 3).reshape(n * o, n * o)
         c = solve_psd(Kf, Y.reshape(n * o, 1).to(torch.float64), ridge).reshape(n, o)

@@ -144,14 +144,13 @@ def risk_nt(B: object, W: object) -> float:
     orthogonal complement of the row span of W (numerical rank by SVD). Cost O(d^3)."""
     A = _sym(B)
     Wn = _weights(W, A.shape[0])
-    d = A.shape[0]
     _, s, Vt = np.linalg.svd(Wn, full_matrices=True)
     rank = int(np.sum(s > s.max(initial=0.0) * max(Wn.shape) * np.finfo(float).eps)) if s.size else 0
     Vp = Vt[rank:].T  # (d, d - rank) orthonormal basis of the complement
     if Vp.shape[1] == 0:
         return 0.0
     M = Vp.T @ A @ Vp
-    return float(2.0 * np.sum(M * M)) if d else 0.0
+    return float(2.0 * np.sum(M * M))
 
 
 def risk_nn(B: object, N: int, sign: str = "any") -> float:

@@ -13,8 +13,6 @@ contract). Supported: ``groups == 1``, zero padding (integer, tuple or ``"same"`
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,7 +56,3 @@ def rows_in(module: nn.Module, x: Tensor) -> Tensor:
 def rows_out(module: nn.Module, g: Tensor) -> Tensor:
     """Output cotangent ``(O, N, C_out, *spatial)`` -> ``(O, N, C_out, P)``."""
     return g.reshape(g.shape[0], g.shape[1], module.out_channels, -1)
-
-
-def weight_matrix_shape(module: nn.Module) -> tuple[int, int]:
-    return module.out_channels, module.in_channels * math.prod(module.kernel_size)

@@ -24,7 +24,3 @@ def rows_in(module: nn.Linear, x: Tensor) -> Tensor:
 def rows_out(module: nn.Linear, g: Tensor) -> Tensor:
     """Output cotangent ``(O, N, ..., d_out)`` -> ``(O, N, d_out, T)``."""
     return g.reshape(g.shape[0], g.shape[1], -1, module.out_features).transpose(2, 3)
-
-
-def weight_matrix_shape(module: nn.Linear) -> tuple[int, int]:
-    return module.out_features, module.in_features

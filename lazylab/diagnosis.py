@@ -304,7 +304,7 @@ def diagnose(
     :data:`THRESHOLDS`). The caller's ``model`` is not modified.
 
     Cost: the training run, about twice again for the twin, plus ``n_snapshots`` NTKs of
-    ``n_probe`` points and kappa's power iterations (about 100 forward-backward passes on the probe).
+    ``n_probe`` points and kappa's Lanczos iterations (about 100 forward-backward passes on the probe).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

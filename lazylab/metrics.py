@@ -12,7 +12,7 @@ on the kernel's device. ``<A, B>_F = sum_ij A_ij B_ij``, ``||A||_F = sqrt(<A, A>
 - :func:`spectrum_summary` top eigenvalues, effective rank, fraction of ``y`` in the top-k eigenspace
 
 Model metrics: :func:`relative_weight_change`, :func:`linearization_error`, :func:`laziness_kappa`
-(Chizat et al. 2019, eq. 1, by power iterations on Jacobian- and Hessian-vector products) and
+(Chizat et al. 2019, eq. 1, by Lanczos iterations on Jacobian- and Hessian-vector products) and
 :func:`activation_stability` (Chizat et al. 2019, App C.2).
 """
 
@@ -263,17 +263,25 @@ def relative_weight_change(
     return total
 
 
+def _device(model: nn.Module, x: Tensor) -> torch.device:
+    """Device of ``model``'s first parameter (``x``'s own for a parameter-free module)."""
+    p = next(model.parameters(), None)
+    return x.device if p is None else p.device
+
+
 def linearization_error(model: nn.Module, linear_model: nn.Module, x: Tensor,
                         relative: bool = False) -> float:
     """Linearization error ``||f_w(x) - f_lin(x)||`` (Frobenius over the N points and outputs) of a
     model against its linearized twin (e.g. :class:`lazylab.track.LinearizedTwin`'s ``twin``);
-    ``relative=True`` divides by ``||f_lin(x)||``. Both in eval mode, no grad. Cost: two forwards."""
+    ``relative=True`` divides by ``||f_lin(x)||``. No grad; ``x`` is moved to each model's device.
+    Cost: two forwards."""
     _check_module(model, "model")
     _check_module(linear_model, "linear_model")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     with torch.no_grad():
-        f, g = model(x), linear_model(x)
+        f = model(x.to(_device(model, x)))
+        g = linear_model(x.to(_device(linear_model, x))).to(f.device)
     if f.shape != g.shape:
         raise ValueError(f"model and linear_model give outputs of shapes {tuple(f.shape)} and "
                          f"{tuple(g.shape)} on x")

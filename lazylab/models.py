@@ -110,7 +110,8 @@ class TwoLayerNet(nn.Module):
         activation: relu | quadratic | tanh | softplus | erf.
         scaling: output scale ``s_out``: ``"ntk"`` = 1/sqrt(m), ``"mean_field"`` = 1/m, or a float.
         input_scale: ``s_in`` (default 1/sqrt(d)).
-        bias: hidden biases ``b_j`` (init N(0, init_std**2)) and an output bias (init 0).
+        bias: hidden biases ``b_j`` (init like the hidden weights: N(0, init_std**2), or
+            N(0, init_std**2 / d) under the standard/mup parametrization) and an output bias (init 0).
         init_std: std of every weight at init (w_j, a_j ~ N(0, init_std**2)); for a homogeneous net
             this is Chizat's init scale tau.
         parametrization: shortcut setting scaling/input_scale/init to the module docstring's table.

@@ -107,12 +107,10 @@ def run_cell(cfg: KernelLimitConfig, ctx: RunContext) -> list[dict]:
     return [rec, *curve]
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
 def report(df, base: KernelLimitConfig) -> Report:
     import matplotlib.pyplot as plt
+
+    from lazylab.lab.experiments._chizat_common import loglog_slope
 
     err = df[df["kind"] == "error"]
     table = err.groupby("m")[["rel_err", "rel_err_a", "rel_err_b", "max_abs_err"]].mean().reset_index()
@@ -122,10 +120,10 @@ def report(df, base: KernelLimitConfig) -> Report:
     metrics: dict[str, float] = {f"rel_err@m={int(m)}": float(v) for m, v in zip(ms, e)}
     checks: list[Check] = []
     if len(ms) >= 3:
-        s = _slope(ms, e)
+        s = loglog_slope(ms, e)
         metrics["slope_log_err_vs_log_m"] = s
-        metrics["slope_k_a"] = _slope(ms, table["rel_err_a"].to_numpy(float))
-        metrics["slope_k_b"] = _slope(ms, table["rel_err_b"].to_numpy(float))
+        metrics["slope_k_a"] = loglog_slope(ms, table["rel_err_a"].to_numpy(float))
+        metrics["slope_k_b"] = loglog_slope(ms, table["rel_err_b"].to_numpy(float))
         checks.append(check("log-log slope of ||K_m - K||_F/||K||_F vs m (theory -1/2)", s, -0.5,
                             atol=0.15))
         checks.append(check(f"relative error at the largest m = {int(ms[-1])} (< 3 m^-1/2)",

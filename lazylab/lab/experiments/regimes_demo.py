@@ -70,13 +70,10 @@ def run_cell(cfg: RegimesDemoConfig, ctx: RunContext) -> list[dict]:
     return [{k: r[k] for k in keys} for r in hist.records]
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of log y against log x."""
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
 def report(df, base: RegimesDemoConfig) -> Report:
     import matplotlib.pyplot as plt
+
+    from lazylab.lab.experiments._chizat_common import loglog_slope
 
     last = df.loc[df.groupby("cell_id")["step"].idxmax()]
     table = (last.groupby("alpha")[["train_loss", "test_loss", "rel_weight_change"]]
@@ -92,7 +89,7 @@ def report(df, base: RegimesDemoConfig) -> Report:
     checks: list[Check] = []
     lazy_side = alphas >= 4
     if lazy_side.sum() >= 2:
-        s = _slope(alphas[lazy_side], rel[lazy_side])
+        s = loglog_slope(alphas[lazy_side], rel[lazy_side])
         metrics["slope_log_rel_change_vs_log_alpha"] = s
         checks.append(Check("slope of log ||w-w0||/||w0|| vs log alpha (alpha >= 4)", s, -1.0,
                             abs(s + 1.0) <= 0.15, "±0.15 (Chizat et al. Thm 2.2: O(1/alpha))"))

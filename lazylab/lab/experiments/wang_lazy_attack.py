@@ -137,7 +137,7 @@ def _images(cfg: WangConfig):
 
 
 def run_cell(cfg: WangConfig, ctx: RunContext) -> list[dict]:
-
+    """One (dataset, d, width, seed) cell: part 1 (walk record), part 2 (gap records) if it applies."""
     from lazylab.adversarial import NeuronBall, adversarial_train
     from lazylab.attacks import accuracy, robust_accuracy, sign_flip_walk
 
@@ -185,12 +185,10 @@ def run_cell(cfg: WangConfig, ctx: RunContext) -> list[dict]:
     return recs
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
 def report(df, base: WangConfig) -> Report:
     import matplotlib.pyplot as plt
+
+    from lazylab.lab.experiments._chizat_common import loglog_slope
 
     walk = df[df["kind"] == "walk"]
     gap = df[df["kind"] == "gap"]
@@ -205,7 +203,7 @@ def report(df, base: WangConfig) -> Report:
         per_d = sub.groupby("d")["rel_delta_mean"].mean()
         dd, rel = per_d.index.to_numpy(float), per_d.to_numpy(float)
         if len(dd) >= 2 and np.all(np.isfinite(rel)):
-            s = _slope(dd, rel)
+            s = loglog_slope(dd, rel)
             metrics[f"slope_rel_delta_vs_d_{ds}"] = s
             if ds == "synthetic":
                 checks.append(Check("synthetic: log-log slope of delta/||x|| vs d", s, -0.5,

@@ -208,6 +208,7 @@ def _tangent_report(tan, metrics, checks, figs):
 def _phase_report(ph, base, metrics, checks, figs):
     import matplotlib.pyplot as plt
 
+    from lazylab.lab.experiments._chizat_common import loglog_slope
     from lazylab.tensor import dim_sym
 
     rate = ph.groupby(["method", "d", "m"])["success"].mean().reset_index()
@@ -253,8 +254,8 @@ def _phase_report(ph, base, metrics, checks, figs):
                             bool(ok), "lazy lower bound m = Ω(d^(l-1))"))
         fin = [(d, mreq[("lazy", d)]) for d in ds if math.isfinite(mreq[("lazy", d)])]
         if len(fin) >= 2:
-            slope = float(np.polyfit(np.log([f[0] for f in fin]), np.log([f[1] for f in fin]),
-                                     1)[0])
+            slope = loglog_slope(np.array([f[0] for f in fin], float),
+                                 np.array([f[1] for f in fin], float))
             metrics["lazy_log_m_required_vs_log_d_slope"] = slope
             checks.append(Check("lazy: slope of log m_required vs log d (finite points)", slope,
                                 f">= 1.5 (theory l-1 = {base.order - 1})", bool(slope >= 1.5)))

@@ -204,7 +204,7 @@ class Store:
         for i, rec in enumerate(records):
             step = rec.get("step")
             rows.append((cell_id, i, step if isinstance(step, int) else None,
-                         json.dumps(rec, allow_nan=True)))
+                         _ordered_json(rec)))
         with self.conn:  # BEGIN ... COMMIT (ROLLBACK on error)
             status = self.conn.execute("SELECT status FROM cells WHERE cell_id = ?",
                                        (cell_id,)).fetchone()

@@ -136,7 +136,8 @@ def ntk(
             1 GiB; tiles beyond it are recomputed).
         dtype, device: compute dtype / device (default: the model's). The model is not modified.
         accumulate_dtype: e.g. ``torch.float64``: every contraction (sum over parameters) and the
-            returned kernel use this dtype while the network runs in ``dtype``.
+            returned kernel use this dtype while the network runs in ``dtype`` (``"ntvp"`` has no
+            separate contraction: its products run in ``dtype`` and the result is cast).
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
@@ -197,13 +198,14 @@ def ntk(
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
-                                             chunk_size=_ntvp_chunk(problem, o)),
+                                             chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
 
 
-def _ntvp_chunk(problem: Problem, o: int) -> int:
+def _ntvp_chunk(problem: Problem) -> int:
+    """Basis vectors per vmapped vjp/jvp batch: ``chunk * P`` cotangents (a few copies) fit 1 GiB."""
     item = torch.finfo(problem.dtype).bits // 8
     return max(1, MEMORY_BUDGET // (4 * problem.n_params * item))
 

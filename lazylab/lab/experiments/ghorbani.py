@@ -335,7 +335,7 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
         nn_ = t[t["regime"] == "nn"].set_index("rho")["sgd_norm"]
         nt_ = t[t["regime"] == "nt"].set_index("rho")["sgd_norm"]
         common = nn_.index.intersection(nt_.index)
-        if trained and len(common):
+        if len(common):
             margin = float((nt_[common] - nn_[common]).min())
             checks.append(Check(f"(b) {act}: NN SGD risk < NT SGD risk at every rho < 1 (min NT - NN)",
                                 margin, "> 0", margin > 0, ""))

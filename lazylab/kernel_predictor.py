@@ -85,7 +85,7 @@ class KernelPredictor(nn.Module):
                              f"{tuple(coef.shape)}")
         p0 = self._params()
         _, pull = vjp(lambda p: _as_2d(self._f(p, X_train)), p0)
-        (v,) = pull(c.to(probe.dtype))
+        (v,) = pull(c.to(dtype=probe.dtype, device=probe.device))
         for n in self._names:
             self.register_buffer("v__" + n.replace(".", "__"), v[n].detach().clone())
 

@@ -80,6 +80,7 @@ class LinearizedTwin:
         self.points = points
         self.twin: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
+        self._opt_state: dict[str, Any] | None = None  # set by load_state_dict until the next step
 
     def start(self, state: Any) -> None:
         self.twin = linearize(copy.deepcopy(state.model))
@@ -88,7 +89,12 @@ class LinearizedTwin:
         self.points = self.points.to(state.X.device, state.X.dtype)
 
     def on_step(self, state: Any, xb: Tensor, yb: Tensor) -> None:
-        assert self.twin is not None and self.opt is not None
+        assert self.twin is not None
+        if self.opt is None:  # resumed: rebuild the run's own optimizer, then restore its state
+            self.opt = state.make_optimizer([p for p in self.twin.parameters() if p.requires_grad])
+            if self._opt_state is not None:
+                self.opt.load_state_dict(self._opt_state)
+                self._opt_state = None
         for g in self.opt.param_groups:
             g["lr"] = state.lr
         self.opt.zero_grad(set_to_none=True)
@@ -109,13 +115,13 @@ class LinearizedTwin:
                 "param_gap": pgap}
 
     def state_dict(self) -> dict[str, Any]:
-        assert self.twin is not None and self.opt is not None
-        return {"twin": self.twin, "opt": self.opt.state_dict()}
+        assert self.twin is not None
+        return {"twin": self.twin,
+                "opt": self.opt.state_dict() if self.opt is not None else self._opt_state}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.twin = s["twin"]
-        self.opt = torch.optim.SGD([p for p in self.twin.parameters() if p.requires_grad], lr=0.0)
-        self.opt.load_state_dict(s["opt"])
+        self.opt, self._opt_state = None, s["opt"]
 
 
 class KernelTracker:

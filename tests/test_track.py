@@ -38,3 +38,23 @@ def test_linearized_twin_of_a_nonlinear_model_moves():
     h = lazylab.train(net, (X, torch.sin(3 * X[:, 0])), lr=1.0, steps=100,
                       trackers=[LinearizedTwin(X)])
     assert h.final["lin_gap"] > 1e-3
+
+
+def test_linearized_twin_resume_with_adam_matches_uninterrupted(tmp_path):
+    """Checkpoint/resume keeps the twin's own optimizer (Adam here) and its state."""
+    X = torch.randn(24, 3, dtype=torch.float64)
+    y = torch.sin(2 * X[:, 0])
+
+    def run(steps, ckpt=None, resume=False):
+        torch.manual_seed(5)
+        net = lazylab.TwoLayerNet(3, 8, activation="tanh").double()
+        twin = LinearizedTwin(X)
+        h = lazylab.train(net, (X, y), optimizer="adam", lr=0.01, steps=steps, trackers=[twin],
+                          checkpoint=ckpt, checkpoint_every=5, resume=resume, track_steps=5)
+        return h, twin
+
+    full, _ = run(20)
+    run(10, tmp_path / "c.pt")
+    resumed, twin = run(20, tmp_path / "c.pt", resume=True)
+    assert isinstance(twin.opt, torch.optim.Adam)
+    assert [r["lin_gap"] for r in resumed.records] == [r["lin_gap"] for r in full.records]

@@ -108,6 +108,9 @@ class Lazy(nn.Module):
     precision the difference of two O(1) outputs loses ``alpha * eps`` of absolute accuracy.
     :func:`weights` returns the effective weights ``w0 + delta``.
 
+    BatchNorm: the policy of :func:`linearize` (eval-mode running statistics, never updated;
+    BatchNorm without running statistics refused), so ``h(w0)`` and ``h(w)`` see the same statistics.
+
     Cost: one forward of the model per copy plus one at ``w0`` (copy centering).
     """
 
@@ -127,7 +130,9 @@ class Lazy(nn.Module):
         self._names = trainable_names(model)
         if not self._names:
             raise ValueError("model has no trainable parameters (all have requires_grad=False)")
+        _check_batchnorm(model, "lazy")
         self.model = copy.deepcopy(model)  # frozen w0; the caller's model is left untouched
+        _freeze_batchnorm(self.model)  # same policy as linearize(): eval-mode running statistics
         for p in self.model.parameters():
             p.requires_grad_(False)
         named = dict(self.model.named_parameters())
@@ -145,6 +150,11 @@ class Lazy(nn.Module):
         """Multiply the loss by this: ``1 / alpha**2``."""
         return 1.0 / self.alpha**2
 
+    def train(self, mode: bool = True) -> Lazy:
+        super().train(mode)
+        _freeze_batchnorm(self.model)
+        return self
+
     def _cdtype(self, dtype: torch.dtype) -> torch.dtype:
         if self._compute_dtype is not None:
             return self._compute_dtype
@@ -152,22 +162,25 @@ class Lazy(nn.Module):
             return torch.float64
         return dtype
 
-    def _eval(self, x: Tensor, delta: nn.ParameterDict | None, cdt: torch.dtype) -> Tensor:
-        state = {n: t.to(cdt) if t.is_floating_point() else t
-                 for n, t in self.model.state_dict(keep_vars=True).items()}
+    def _eval(self, base: dict[str, Tensor], x: Tensor, delta: nn.ParameterDict | None) -> Tensor:
+        state = dict(base)
         if delta is not None:
             for n in self._names:
-                state[n] = state[n] + delta[_key(n)].to(cdt)
-        return functional_call(self.model, state, (x.to(cdt),), tie_weights=True)
+                state[n] = state[n] + delta[_key(n)].to(state[n].dtype)
+        return functional_call(self.model, state, (x,), tie_weights=True)
 
     def forward(self, x: Tensor) -> Tensor:
         cdt = self._cdtype(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+        # w0 (and buffers) in the compute dtype, built once per forward and shared by every copy
+        base = {n: t.to(cdt) if t.is_floating_point() else t
+                for n, t in self.model.state_dict(keep_vars=True).items()}
+        xc = x.to(cdt)
         if self.center == "copy":
-            out = self._eval(x, self.delta, cdt) - self._eval(x, None, cdt)
+            out = self._eval(base, xc, self.delta) - self._eval(base, xc, None)
         elif self.center == "symmetric":
-            out = (self._eval(x, self.delta, cdt) - self._eval(x, self.delta_b, cdt)) / math.sqrt(2)
+            out = (self._eval(base, xc, self.delta) - self._eval(base, xc, self.delta_b)) / math.sqrt(2)
         else:
-            out = self._eval(x, self.delta, cdt)
+            out = self._eval(base, xc, self.delta)
         out = self.alpha * out
         return out.to(x.dtype) if x.is_floating_point() else out
 

@@ -244,3 +244,18 @@ def test_lazy_leaves_the_callers_model_untouched():
     assert all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert lz.delta["hidden__weight"].abs().sum() > 0
+
+
+def test_lazy_batchnorm_uses_frozen_running_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    lz = lazylab.lazy(net, 5.0)
+    lz.train()
+    X = torch.randn(6, 3, dtype=torch.float64)
+    stats = lz.model[1].running_mean.clone()
+    lazylab.train(lz, (X, X[:, :1]), lr=0.1, steps=3)
+    assert not lz.model[1].training
+    assert torch.equal(lz.model[1].running_mean, stats)  # never updated by h(w) or h(w0)
+    assert lz(X[:1]).abs().max() < 1 and lazylab.lazy(net, 5.0)(X).abs().max() == 0
+    with pytest.raises(ValueError, match="track_running_stats"):
+        lazylab.lazy(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False)), 1.0)

@@ -32,7 +32,8 @@ entries; the signs avoid the tiny ``|a0_j|`` that make NT's SGD very ill-conditi
 
 ``ghorbani-mixture``: ``x | y = +-1 ~ N(0, I +- delta P_s)`` (our parametrization; the paper's was not
 found), logistic loss, same three regimes; test error on ``n_test`` fresh points against the exact
-Bayes error :func:`lazylab.risks.mixture_bayes_error`.
+Bayes error :func:`lazylab.risks.mixture_bayes_error`. Its presets train NN with the common fixed second layer
+(``nn_second_layer="fixed"``, the code's ``constant_a``; see :func:`build_regime`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class QuadraticConfig:
     lr: float = 0.3
     nt_w_mult: float = 0.0         # extra first-layer lr multiplier in NT; 0 = auto: 40 * rho
     second_layer_init: str = "sign"  # sign (+-1) | gaussian (N(0,1), the code's NT init)
+    nn_second_layer: str = "trained"  # NN only: trained | fixed (all a_j = +1, frozen; see build_regime)
     n_test: int = 20000            # Monte Carlo test points (relu only)
     n_track: int = 8
     dtype: str = "float32"
@@ -81,6 +83,7 @@ class MixtureConfig:
     lr: float = 1.0
     nt_w_mult: float = 0.0         # 0 = auto: 40 * rho
     second_layer_init: str = "sign"
+    nn_second_layer: str = "trained"  # NN only: trained | fixed (all a_j = +1, frozen; see build_regime)
     n_test: int = 100000
     n_track: int = 6
     dtype: str = "float32"
@@ -101,6 +104,8 @@ def _check_common(cfg) -> int:
         raise ValueError(f"activation must be 'quadratic' or 'relu', got {cfg.activation!r}")
     if cfg.second_layer_init not in ("sign", "gaussian"):
         raise ValueError(f"second_layer_init must be 'sign' or 'gaussian', got {cfg.second_layer_init!r}")
+    if cfg.nn_second_layer not in ("trained", "fixed"):
+        raise ValueError(f"nn_second_layer must be 'trained' or 'fixed', got {cfg.nn_second_layer!r}")
     if cfg.rho <= 0 or cfg.d < 1:
         raise ValueError(f"need rho > 0 and d >= 1, got rho={cfg.rho}, d={cfg.d}")
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
@@ -109,13 +114,22 @@ def _check_common(cfg) -> int:
 
 
 def build_regime(d: int, N: int, regime: str, activation: str = "quadratic", seed: int = 0,
-                 second_layer_init: str = "sign", device: str = "cpu", dtype=None):
+                 second_layer_init: str = "sign", device: str = "cpu", dtype=None,
+                 nn_second_layer: str = "trained"):
     """The paper's two-layer net in one of the three regimes.
 
     Returns ``(model, net)``: ``model`` is what is trained and evaluated (``net`` for RF/NN, the
     :class:`lazylab.regimes.Linearized` wrapper for NT), ``net`` the underlying
     :class:`lazylab.models.TwoLayerNet` whose parameters requiring grad are the trained ones.
-    ``f(x) = c + (1/N) sum_j a_j sigma(<w_j, x>/sqrt(d))``, hidden biases 0 and frozen."""
+    ``f(x) = c + (1/N) sum_j a_j sigma(<w_j, x>/sqrt(d))``, hidden biases 0 and frozen.
+
+    ``nn_second_layer="fixed"`` (NN only): every ``a_j = +1`` and frozen, i.e. the official code's
+    ``constant_a`` (one common second-layer scalar) with that scalar fixed; for ``sigma = t^2`` the class
+    is then ``{c + x^T Q x : Q psd, rank Q <= N}``, which holds every psd target. Why: with one ``a_j``
+    per neuron and exactly ``N = rank`` neurons, SGD can park a neuron at the saddle ``a_j ~ 0`` (its
+    ``w_j`` then gets no gradient) and miss one direction for tens of thousands of steps; measured on
+    the mixture at ``N = s = 10`` after 20 000 steps in 1 of 3 seeds (+-1 init) and 1 of 2 (+1 init),
+    against 0 of 4 with the common fixed sign (docs/ghorbani.md)."""
     import torch
 
     from lazylab.models import TwoLayerNet
@@ -135,6 +149,10 @@ def build_regime(d: int, N: int, regime: str, activation: str = "quadratic", see
     if regime == "nt":
         return linearize(net), net
     if regime == "nn":
+        if nn_second_layer == "fixed":
+            with torch.no_grad():
+                net.out.weight.fill_(1.0)
+            net.out.weight.requires_grad_(False)
         return net, net
     raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
 
@@ -222,7 +240,7 @@ def run_quadratic(cfg: QuadraticConfig, ctx: RunContext) -> list[dict]:
     Bt = torch.tensor(B, dtype=dt, device=ctx.device)
     trB = float(np.trace(B))
     model, net = build_regime(cfg.d, N, cfg.regime, cfg.activation, cfg.seed, cfg.second_layer_init,
-                              ctx.device, dt)
+                              ctx.device, dt, cfg.nn_second_layer)
     W0 = net.hidden.weight.detach().double().cpu().numpy() / math.sqrt(cfg.d)  # rows w_j/sqrt(d)
     exact = float("nan")  # no closed form for ReLU
     if cfg.activation == "quadratic":
@@ -278,7 +296,12 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
 
     last = _final(df)
     cols = ["exact_norm", "risk_norm", "theory_norm", "plugin_norm", "time_s"]
-    table = last.groupby(["activation", "regime", "rho", "N"])[cols].mean().reset_index()
+    grouped = last.groupby(["activation", "regime", "rho", "N"])
+    table = grouped[cols].mean().reset_index()
+    # spread of the exact optimum over the cells averaged here (target draws x init seeds): at finite d
+    # one draw of gamma ~ Exp(1) moves R_NN/Var by ~0.025 at d = 200, rho = 0.25
+    table["exact_sd"] = grouped["exact_norm"].std().to_numpy()
+    table["cells"] = grouped.size().to_numpy()
     table = table.rename(columns={"risk_norm": "sgd_norm"})
     table["sgd_minus_exact"] = table["sgd_norm"] - table["exact_norm"]
     # the closed forms and limits are for the quadratic activation only
@@ -299,15 +322,18 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
     if len(q):
         # (a) exact optimum vs asymptotic theory (d >= 200 only, as the issue states)
         sel = q[q["rho"].round(4).isin([0.25, 0.5, 0.75, 1.5])]
-        if d >= 200 and len(sel):
+        draws = int(last["target_seed"].nunique())
+        if d >= 200 and draws >= 4 and len(sel):
             dev = (sel["exact_norm"] - sel["theory_norm"]).abs()
             i = int(np.argmax(dev.to_numpy()))
             checks.append(Check(
-                f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}; worst: "
+                f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}, exact risk "
+                f"averaged over {draws} target draw(s); worst: "
                 f"{sel['regime'].iloc[i]} at rho={sel['rho'].iloc[i]:g})", float(dev.max()), "<= 0.03",
                 bool(dev.max() <= 0.03), "abs, normalized risk"))
-        elif len(sel):
-            metrics["exact_minus_theory_max_abs(d<200, not checked)"] = float(
+        elif len(sel):  # the limits are d -> inf statements about a random spectrum: one draw at
+            # d = 200 sits ~0.025 (1 sd) from them, so the check needs d >= 200 and >= 4 draws
+            metrics[f"exact_minus_theory_max_abs(d={d}, {draws} draw(s), not checked)"] = float(
                 (sel["exact_norm"] - sel["theory_norm"]).abs().max())
         big = q[q["rho"] >= 1]
         for reg in ("nt", "nn"):
@@ -420,7 +446,7 @@ def run_mixture(cfg: MixtureConfig, ctx: RunContext) -> list[dict]:
     bayes = risks.mixture_bayes_error(cfg.s, cfg.delta)
     _, sample = mixture_sampler(cfg.d, cfg.s, cfg.delta, 0, ctx.device, dt)
     model, net = build_regime(cfg.d, N, cfg.regime, cfg.activation, cfg.seed, cfg.second_layer_init,
-                              ctx.device, dt)
+                              ctx.device, dt, cfg.nn_second_layer)
     gt = torch.Generator(device=ctx.device).manual_seed(99 + cfg.seed)
     Xt, yt = sample(gt, cfg.n_test)
 
@@ -502,7 +528,7 @@ def report_mixture(df, base: MixtureConfig) -> Report:
         f"{int(base.n_test)} fresh points (Monte Carlo, s.e. ≈ "
         f"{math.sqrt(bayes * (1 - bayes) / base.n_test):.4f})."
     )
-    if int(last["step"].max()) < 20000:
+    if int(last["step"].max()) < 20000:  # measured: 4000 steps leave NT at N >= d ~0.014 above Bayes
         notes += (" Short run: where the class contains the Bayes rule but SGD has not converged (NT at "
                   "N >= d, NN at N = s exactly) the excess error can stay above 0.01; these checks need "
                   "the paper preset's 100 000 steps.")
@@ -519,11 +545,15 @@ QUADRATIC = register(Experiment(
     presets={
         "quick": Preset(set={"d": 100, "steps": 2000},
                         sweep={"regime": list(REGIMES), "rho": _RHO_QUICK}),
+        "d200": Preset(set={"d": 200, "steps": 20000}, sweep={"regime": list(REGIMES), "rho": _RHO_QUICK}),
         "quick-relu": Preset(set={"d": 100, "steps": 2000, "activation": "relu"},
                              sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 1.0, 1.5]}),
         "theory": Preset(set={"d": 450, "steps": 0},
                          sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 0.75, 1.0, 1.5],
-                                "seed": [0, 1]}),
+                                "target_seed": list(range(100, 108))}),
+        "theory-d200": Preset(set={"d": 200, "steps": 0},
+                              sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 0.75, 1.0, 1.5],
+                                     "target_seed": list(range(100, 116))}),
         "paper": Preset(set={"d": 450, "steps": 100000},
                         sweep={"regime": list(REGIMES),
                                "rho": [round(n / 450, 4) for n in range(30, 451, 60)] + [1.5, 2.0]}),
@@ -538,9 +568,10 @@ MIXTURE = register(Experiment(
                 "(Sigma = I +- delta P_s) vs rho = N/d, against the Bayes error",
     config=MixtureConfig,
     presets={
-        "quick": Preset(set={"d": 100, "s": 10, "steps": 4000, "nt_w_mult": 20.0},
-                        sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5]}),
-        "paper": Preset(set={"d": 450, "s": 45, "steps": 100000, "lr": 0.3},
+        "quick": Preset(set={"d": 100, "s": 10, "steps": 20000, "nt_w_mult": 20.0,
+                             "nn_second_layer": "fixed"},
+                        sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5], "seed": [0, 1]}),
+        "paper": Preset(set={"d": 450, "s": 45, "steps": 100000, "lr": 0.3, "nn_second_layer": "fixed"},
                         sweep={"regime": list(REGIMES),
                                "rho": [0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]}),
     },

@@ -332,31 +332,39 @@ def vgg11(
     return net
 
 
+def _conv_bn(c_in: int, c_out: int, k: int, stride: int, bn: bool) -> nn.Module:
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=not bn)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out)) if bn else conv
+
+
 class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, bn: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv1 = _conv_bn(c_in, c_out, 3, stride, bn)
+        self.conv2 = _conv_bn(c_out, c_out, 3, 1, bn)
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride)
+            self.shortcut = _conv_bn(c_in, c_out, 1, stride, bn)
+        self.bn = bn
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(self.relu(self.conv1(x)))
+        if self.bn:  # BN sets the scale itself
+            return self.relu(out + self.shortcut(x))
         return self.relu(out / math.sqrt(2) + self.shortcut(x) / math.sqrt(2))
 
 
 class _ResNet(nn.Module):
-    def __init__(self, width_mult: float, n_classes: int, in_channels: int) -> None:
+    def __init__(self, width_mult: float, n_classes: int, in_channels: int, bn: bool = False) -> None:
         super().__init__()
         w = [max(1, int(round(c * width_mult))) for c in (64, 128, 256, 512)]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, w[0], 3, padding=1), nn.ReLU())
+        self.stem = nn.Sequential(_conv_bn(in_channels, w[0], 3, 1, bn), nn.ReLU())
         blocks: list[nn.Module] = []
         c = w[0]
         for i, c_out in enumerate(w):
             for j in range(2):
-                blocks.append(_Block(c, c_out, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(_Block(c, c_out, 2 if (i > 0 and j == 0) else 1, bn))
                 c = c_out
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(c, n_classes)
@@ -366,12 +374,19 @@ class _ResNet(nn.Module):
 
 
 def resnet18(
-    n_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3, gain: float = 1.0
+    n_classes: int = 10, width_mult: float = 1.0, in_channels: int = 3, gain: float = 1.0,
+    batch_norm: bool = False,
 ) -> nn.Module:
-    """ResNet-18 without BatchNorm for 32x32 inputs (3x3 stem, stride 1; four stages of two basic
-    blocks, channels 64-128-256-512 times ``width_mult``). Without BN the residual sum is scaled by
-    ``1/sqrt(2)`` so activations keep their scale with depth (our choice; Chizat et al. do not give
-    theirs). Xavier-normal weights (``gain``), zero biases."""
-    net = _ResNet(width_mult, n_classes, in_channels)
+    """ResNet-18 for 32x32 inputs (3x3 stem, stride 1; four stages of two basic blocks, channels
+    64-128-256-512 times ``width_mult``; global average pooling; linear head).
+
+    ``batch_norm=False`` (default, as in Chizat et al.'s lazy-training experiments): no normalization;
+    the residual sum is scaled by ``1/sqrt(2)`` so activations keep their scale with depth (our choice;
+    Chizat et al. do not give theirs). ``batch_norm=True`` (the usual ResNet-18, as in Loo et al.):
+    every conv (stem, both convs of a block, 1x1 shortcuts) is followed by ``BatchNorm2d``, convs have
+    no bias, the residual sum is unscaled. Xavier-normal conv/linear weights (``gain``), zero biases;
+    BN starts at weight 1, bias 0. ``lazylab.linearize``/``lazy``/``ntk`` evaluate BN with its running
+    statistics (eval mode)."""
+    net = _ResNet(width_mult, n_classes, in_channels, batch_norm)
     _init(net, "xavier", gain)
     return net

@@ -55,6 +55,22 @@ def test_run_cell_tiny_records_and_frozen_phase2_kernel():
     assert ((p2["robust_acc"] >= 0) & (p2["robust_acc"] <= p2["clean_acc"])).all()
 
 
+def test_run_cell_batchnorm_resnet_phase2_kernel_is_frozen():
+    """The paper preset's model (ResNet-18 with BatchNorm; tiny width here): BN trains in phase 1
+    and is evaluated with running statistics in phase 2, so the phase-2 kernel is still frozen."""
+    cfg = LooConfig(phase1="standard", model="resnet18", width=8, batch_norm=True, n_train=60, n_test=30,
+                    epochs1=1, epochs2=1, probe_per_class=1, n_snapshots=3, freeze_epochs=(1.0,),
+                    train_attack_steps=1, eval_attack_steps=1, batch_size=30, kernel_check_points=4)
+    df = pd.DataFrame(run_cell(cfg, RunContext(progress=False)))
+    p2 = df[df["kind"] == "phase2"]
+    assert set(p2["run"]) == {"CC", "CA"}
+    assert (p2["kernel_move"] < 1e-6).all() and (p2["kernel_vs_phase1"] < 1e-6).all()
+    ker = df[df["kind"] == "kernel"]
+    assert ker["dist_to_init"].max() > 0
+    with pytest.raises(ValueError, match="batch_norm"):
+        run_cell(LooConfig(model="mlp", batch_norm=True), RunContext(progress=False))
+
+
 def _fake(ac_rob: float, conv_adv_fast: bool) -> pd.DataFrame:
     rows = []
     for ph in ("standard", "adversarial"):
@@ -85,6 +101,7 @@ def test_report_checks_pass_and_fail():
 def test_registered_with_presets():
     exp = get_experiment("loo-ntk-evolution")
     assert exp.presets["paper"].set["model"] == "resnet18"
+    assert exp.presets["paper"].set["batch_norm"] is True
     assert abs(exp.presets["paper"].set["eps"] - 4 / 255) < 1e-12
 
 

@@ -41,6 +41,7 @@ class LooConfig:
     model: str = "mlp"               # "mlp" (2 hidden layers) | "cnn" (SmallCNN) | "resnet18"
     width: int = 128
     bias: bool = False               # mlp: biases (the output bias adds a constant to the trace NTK)
+    batch_norm: bool = False         # resnet18: BatchNorm after every conv (Loo et al.'s ResNet-18 has it)
     phase1: str = "standard"         # "standard" | "adversarial"
     epochs1: int = 20
     epochs2: int = 10
@@ -89,12 +90,15 @@ def _data(cfg: LooConfig):
 def _model(cfg: LooConfig, X, n_classes: int):
     from lazylab.models import MLP, SmallCNN, resnet18
 
+    if cfg.batch_norm and cfg.model != "resnet18":
+        raise ValueError(f"batch_norm=True needs model='resnet18', got model={cfg.model!r}")
     if cfg.model == "mlp":
         return MLP([X[0].numel(), cfg.width, cfg.width, n_classes], bias=cfg.bias)
     if cfg.model == "cnn":
         return SmallCNN(X.shape[1], n_classes, width=cfg.width)
     if cfg.model == "resnet18":
-        return resnet18(n_classes, width_mult=cfg.width / 64, in_channels=X.shape[1])
+        return resnet18(n_classes, width_mult=cfg.width / 64, in_channels=X.shape[1],
+                        batch_norm=cfg.batch_norm)
     raise ValueError(f"model must be 'mlp', 'cnn' or 'resnet18', got {cfg.model!r}")
 
 
@@ -324,7 +328,8 @@ EXPERIMENT = register(Experiment(
     config=LooConfig,
     presets={
         "quick": Preset(set={}, sweep={"phase1": ["standard", "adversarial"]}),
-        "paper": Preset(set={"dataset": "cifar10", "model": "resnet18", "width": 64, "eps": 4 / 255,
+        "paper": Preset(set={"dataset": "cifar10", "model": "resnet18", "width": 64, "batch_norm": True,
+                             "eps": 4 / 255,
                              "epochs1": 100, "epochs2": 100, "lr1": 0.1, "lr2": 0.01,
                              "train_attack_steps": 20, "eval_attack_steps": 100,
                              "probe_per_class": 50, "n_snapshots": 20, "kernel_check_points": 10,

@@ -19,6 +19,7 @@ from lazylab.lab.environment import collect_environment
 from lazylab.lab.executors import make_executor
 from lazylab.lab.registry import get_experiment
 from lazylab.lab.report import build_report
+from lazylab.lab.rules import validate_cells
 from lazylab.lab.store import STORE_NAME, Store, atomic_write_text
 from lazylab.lab.sweep import Cell, grid
 
@@ -33,13 +34,19 @@ def default_out(name: str) -> Path:
 
 def plan(name: str, preset: str = "quick", set: dict | list | None = None,
          sweep: dict | list | None = None) -> tuple[Any, ResolvedConfig, list[Cell]]:
-    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing."""
+    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing.
+
+    Checks the experiment and preset names, every key and value type (:func:`resolve`), and every
+    cell of the grid against the config's rules (:func:`lazylab.lab.rules.validate_cells`).
+    """
     exp = get_experiment(name)
     if preset not in exp.presets:
         raise ValueError(f"--preset: experiment {name!r} has no preset {preset!r}; "
                          f"presets: {', '.join(exp.presets)}")
     resolved = resolve(exp.config, exp.presets[preset], set, sweep)
-    return exp, resolved, grid(resolved)
+    cells = grid(resolved)
+    validate_cells(exp.config, cells)  # ranges, choices, data files: every cell, before any write
+    return exp, resolved, cells
 
 
 def _check_device(device: str) -> None:

@@ -129,17 +129,22 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
 def _integer(value: str | float, key: str) -> int:
     """An int from text or a float that holds a whole number (``"3"``, ``"1e3"``, ``3.0``);
     TypeError naming ``key`` for ``2.5``, ``nan`` or ``"x"``."""
-    try:
-        return int(value)  # type: ignore[arg-type]  # "3" and 3.0
-    except (TypeError, ValueError, OverflowError):
-        pass
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = math.nan
+    f = math.nan
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            f = float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, float):
+        f = value
     if math.isfinite(f) and f.is_integer():
         return int(f)
-    raise TypeError(f"config key {key!r}: expected an integer, got {value!r}")
+    raise TypeError(f"config key {key!r}: expected a value of type int (a whole number), "
+                    f"got {value!r}")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from lazylab.lab.config import ResolvedConfig, resolve
 from lazylab.lab.environment import collect_environment
-from lazylab.lab.executors import make_executor
+from lazylab.lab.executors import CellsFailedError, make_executor
 from lazylab.lab.registry import get_experiment
 from lazylab.lab.report import build_report
 from lazylab.lab.rules import validate_cells
@@ -116,6 +116,7 @@ def run_experiment(
                               "finish its missing cells, or choose a new --out")
     todo = [c for c in cells if c.id not in done]
 
+    failed: list[tuple[Cell, str]] = []
     say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
     # the executor connects (Dask) before anything is written: a bad address changes nothing
     with make_executor(executor, workers, threads=threads) as ex:
@@ -138,6 +139,12 @@ def run_experiment(
                 in_process = ex.workers == 1 and executor == "local"
                 for cell, res in ex.run(exp.name, exp.run_cell.__module__, todo, device,
                                         progress and in_process):
+                    if "error" in res:  # its worker died twice: record, go on with the others
+                        store.mark_failed(cell.id)
+                        failed.append((cell, res["error"]))
+                        say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: FAILED, "
+                            f"{res['error']}")
+                        continue
                     store.write_cell(cell.id, res["records"], started=res["started"],
                                      finished=res["finished"], pid=res["pid"], host=res["host"])
                     bar.update(1)
@@ -151,6 +158,8 @@ def run_experiment(
     path = build_report(out)
     if echo:
         print(f"report: {path}")
+    if failed:
+        raise CellsFailedError(failed, str(out))
     return path
 
 

@@ -439,6 +439,31 @@ def test_threads_is_a_run_option_not_a_config_key(tmp_path):
     assert "rel-threads" not in reg._REGISTRY
 
 
+def test_old_store_with_threads_key_reports_and_says_how_to_resume(tmp_path, capsys):
+    """A chizat-rates store written when ``threads`` was a config key: ``lazylab report`` rebuilds
+    it; ``--resume`` is refused with a message naming the key and the way out; nothing changes."""
+    from lazylab.lab.runner import plan
+    from lazylab.lab.sweep import Cell
+
+    exp, resolved, cells = plan("chizat-rates", "quick")
+    old_base = {"seed": 0, "threads": 1, **{k: v for k, v in resolved.base.items() if k != "seed"}}
+    cell = cells[0]
+    old_cell = Cell(0, "oldcell", cell.params, {**old_base, **cell.params})
+    out = tmp_path / "old"
+    st = Store.create(out, experiment=exp.name, preset="quick", config=old_base,
+                      sweep=resolved.sweep, cells=[old_cell])
+    st.write_cell("oldcell", [{"step": 0, "sup_w": 0.1}], started=0.0, finished=1.0)
+    st.close()
+    before = _snapshot(out)
+    assert main(["run", "chizat-rates", "--out", str(out), "--resume"]) == 2
+    err = _err_line(capsys)
+    assert ("threads: stored 1 as a config key, which is now the run option --threads (its cell "
+            "ids hold the old key: finish it with the lazylab version that wrote it; `lazylab "
+            "report` still reads it)") in err
+    assert _snapshot(out) == before
+    assert len(load_results(out)) == 1
+
+
 def test_version_flag_prints_the_version(capsys):
     with pytest.raises(SystemExit) as ei:
         main(["--version"])

@@ -151,11 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except CellError as e:  # the experiment's code failed: show where
         traceback.print_exception(type(e.error), e.error, e.error.__traceback__)
-        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and add --resume",
-              file=sys.stderr)
+        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and rerun the same "
+              "command with --resume (a changed config needs a new --out)", file=sys.stderr)
         return 1
     except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError,
-            ArithmeticError) as e:
+            ArithmeticError, ImportError) as e:
         if os.environ.get("LAZYLAB_DEBUG"):
             traceback.print_exc()
         print(f"lazylab: error: {e}", file=sys.stderr)

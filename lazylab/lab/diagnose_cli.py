@@ -57,10 +57,14 @@ def _parse_sets(items: Sequence[str], flag: str) -> dict[str, Any]:
         if "=" not in it or not it.split("=", 1)[0].strip():
             raise ValueError(f"{flag} expects KEY=VALUE, got {it!r}")
         k, v = (s.strip() for s in it.split("=", 1))
-        if "," in v and not v.startswith("["):
-            out[k] = [yaml.safe_load(x) for x in v.split(",") if x.strip()]
-        else:
-            out[k] = yaml.safe_load(v) if v else ""
+        try:
+            if "," in v and not v.startswith("["):
+                out[k] = [yaml.safe_load(x) for x in v.split(",") if x.strip()]
+            else:
+                out[k] = yaml.safe_load(v) if v else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"{flag} {k}: cannot parse the value {v!r} "
+                             f"({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -385,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["diagnose", *(sys.argv[1:] if argv is None else argv)])
     try:
         return run(args)
-    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ArithmeticError,
+            ImportError) as e:
         print(f"lazylab: error: {e}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from lazylab.checks import positive_int
 from lazylab.lab.memory import tune_malloc
 from lazylab.lab.sweep import Cell
 
@@ -222,11 +223,8 @@ class LocalExecutor(Executor):
     """
 
     def __init__(self, workers: int = 1, threads: int | None = 1):
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"--workers must be a positive integer, got {workers!r}")
-        _check_threads(threads)
-        self.workers = workers
-        self.threads = threads
+        self.workers = positive_int(workers, "--workers")
+        self.threads = _check_threads(threads)
         self.name = "local" if workers == 1 else f"local x{workers} processes"
         self._pool = None
 
@@ -313,13 +311,11 @@ class DaskExecutor(Executor):
 
         from distributed import Client, LocalCluster
 
-        _check_threads(threads)
-        self.threads = threads
+        self.threads = _check_threads(threads)
         self.address = address
         self.cluster = None
         if address is None:
-            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-                raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+            workers = positive_int(workers, "--workers")
             import dask
 
             # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the workers, which turns off
@@ -378,10 +374,8 @@ class DaskExecutor(Executor):
                 self.cluster.close()
 
 
-def _check_threads(threads: int | None) -> None:
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+def _check_threads(threads: int | None) -> int | None:
+    return None if threads is None else positive_int(threads, "--threads")
 
 
 def make_executor(spec: str = "local", workers: int = 1,

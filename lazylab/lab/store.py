@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lazylab.lab.config import canonical_json, config_hash
+from lazylab.lab.config import RUN_OPTION_KEYS, canonical_json, config_hash
 
 __all__ = [
     "STORE_NAME",
@@ -208,6 +208,15 @@ class Store:
         diffs = [f"{k}: stored {m['config'].get(k)!r} != requested {v!r}"
                  for k, v in config.items() if canonical_json(m["config"].get(k)) !=
                  canonical_json(v)]
+        for k, v in m["config"].items():
+            if k in config:
+                continue
+            if k in RUN_OPTION_KEYS:
+                diffs.append(f"{k}: stored {v!r} as a config key, which is now the run option "
+                             f"--{k} (its cell ids hold the old key: finish it with the lazylab "
+                             "version that wrote it; `lazylab report` still reads it)")
+            else:
+                diffs.append(f"{k}: stored {v!r}, no longer a config key")
         if canonical_json(m["sweep"]) != canonical_json(sweep):
             diffs.append(f"sweep: stored {m['sweep']} != requested {sweep}")
         if m["preset"] != preset:

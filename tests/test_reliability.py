@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazylab
 from lazylab.checks import alpha_range, check_alpha
@@ -396,6 +399,21 @@ def test_nan_weights_are_an_error_naming_the_parameter(who, call):
         call(_nan_net(), torch.randn(5, 3))
     assert str(ei.value) == (f"{who}: parameter '2.weight' contains NaN or inf values; "
                              "re-initialize the model or load finite weights")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True, width=64))
+def test_integer_keys_accept_exactly_the_whole_numbers(f):
+    """coerce(f, int) == int(f) iff f is a finite whole number; otherwise a TypeError naming the
+    key (never a silent truncation: 2.5 is not 2)."""
+    from lazylab.lab.config import coerce, parse_value
+
+    if math.isfinite(f) and f.is_integer():
+        assert coerce(f, int, "steps") == int(f) == parse_value(repr(f), int, "steps")
+    else:
+        for call in (lambda: coerce(f, int, "steps"), lambda: parse_value(repr(f), int, "steps")):
+            with pytest.raises(TypeError, match=r"config key 'steps': expected a value of type int"):
+                call()
 
 
 def test_non_integer_steps_and_unknown_threshold_keys_are_refused():

@@ -187,12 +187,24 @@ def _die_with_parent(parent_pid: int) -> str:
     return how
 
 
-def _worker_init(parent_pid: int | None = None) -> None:
+_STARTED: Any = None  # in a pool worker: the shared "cell started" flags (LocalExecutor)
+
+
+def _worker_init(parent_pid: int | None = None, started: Any = None) -> None:
+    global _STARTED
     import torch
 
     if parent_pid is not None:
         _die_with_parent(parent_pid)
+    _STARTED = started
     torch.set_num_threads(1)
+
+
+def _pool_cell(pos: int, *args: Any) -> dict[str, Any]:
+    """:func:`execute_cell` in a pool worker, after flagging cell ``pos`` as started."""
+    if _STARTED is not None:
+        _STARTED[pos] = 1
+    return execute_cell(*args)
 
 
 class Executor:
@@ -240,57 +252,90 @@ class LocalExecutor(Executor):
             return
         yield from self._run_pool(experiment, module, list(cells), device)
 
-    def _new_pool(self) -> Any:
+    def _new_pool(self, started: Any) -> Any:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(os.getpid(),))
+                                   initializer=_worker_init, initargs=(os.getpid(), started))
 
     def _run_pool(self, experiment: str, module: str | None, cells: list[Cell],
                   device: str) -> Iterator[tuple[Cell, dict[str, Any]]]:
-        """Keep at most ``workers`` cells in flight, so the cells a dead worker can have held are
-        known. When a worker dies (the pool breaks), the cells in flight are retried once, each
-        ALONE in a fresh pool, so a second death is attributed exactly; a cell whose worker dies
-        in that retry is yielded as failed (``{"error": ...}``) and the run goes on."""
+        """Run ``cells`` on a process pool with at most ``workers`` cells in flight; survive
+        workers that die.
+
+        A dead worker breaks the whole pool, so every cell in flight fails with it. Each worker
+        flags a cell as started in a shared array before running it; after a break, cells that
+        had not started go back to the queue. If exactly one cell had started, the death is its
+        own (attributed); if several had, the death is ambiguous and each of them reruns ALONE
+        in a fresh pool, where a death is attributed exactly. A cell's first attributed death gets
+        one retry (alone); the second makes it failed: yielded as ``{"error": ...}`` while the
+        other cells go on.
+        """
+        import multiprocessing as mp
+        from concurrent.futures.process import BrokenProcessPool
+
+        pos = {c.id: i for i, c in enumerate(cells)}
+        started = mp.get_context("spawn").Array("b", max(len(cells), 1), lock=False)
+        queue, alone_q, deaths = list(cells), [], dict.fromkeys(pos, 0)
+        idle_breaks = 0  # consecutive pool breaks with no cell started
+        while queue or alone_q:
+            alone = bool(alone_q)
+            todo = alone_q if alone else queue
+            self._pool = self._new_pool(started)
+            in_flight: dict[Any, Cell] = {}
+            try:
+                yield from self._drain(todo, in_flight, 1 if alone else self.workers, pos,
+                                       experiment, module, device)
+            except BrokenProcessPool:
+                lost = list(in_flight.values())
+                ran = [c for c in lost if started[pos[c.id]]]
+                (alone_q if alone else queue)[:0] = [c for c in lost if not started[pos[c.id]]]
+                idle_breaks = 0 if ran else idle_breaks + 1
+                if idle_breaks >= 3:
+                    raise RuntimeError("--workers: the worker processes died 3 times before "
+                                       "starting a cell (out of memory at start-up? a broken "
+                                       "installation?); try --workers 1") from None
+                for c in ran:
+                    started[pos[c.id]] = 0
+                    if len(ran) > 1:  # ambiguous: rerun alone, nothing counted
+                        alone_q.append(c)
+                        continue
+                    deaths[c.id] += 1
+                    if deaths[c.id] >= 2:
+                        yield c, {"error": "its worker process died twice (killed, or it "
+                                           "crashed: out of memory, segfault)"}
+                    else:
+                        alone_q.append(c)
+            finally:
+                self.close()
+
+    def _drain(self, todo: list[Cell], in_flight: dict[Any, Cell], width: int,
+               pos: dict[str, int], experiment: str, module: str | None,
+               device: str) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        """Submit from ``todo`` keeping ``width`` cells in flight; yield results as they come.
+        Raises BrokenProcessPool (``in_flight`` then holds the lost cells) or CellError."""
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        queue, retry, tried = list(cells), [], set()
-        while queue or retry:
-            alone = bool(retry)  # retried cells run one at a time
-            todo = retry if alone else queue
-            self._pool = self._new_pool()
-            in_flight: dict[Any, Cell] = {}
-            try:
-                while todo or in_flight:
-                    while todo and len(in_flight) < (1 if alone else self.workers):
-                        c = todo.pop(0)
-                        in_flight[self._pool.submit(execute_cell, experiment, module, c.config,
-                                                    device, False, self.threads or 1)] = c
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    # finished cells first: a result must not be lost to a death in the same batch
-                    for fut in sorted(done, key=lambda f: f.exception() is not None):
-                        cell = in_flight.pop(fut)
-                        try:
-                            res = fut.result()
-                        except BrokenProcessPool:
-                            in_flight[fut] = cell
-                            raise
-                        except Exception as e:
-                            raise CellError(cell, e) from e
-                        yield cell, res
-            except BrokenProcessPool:
-                lost = list(in_flight.values())
-                for cell in lost:
-                    if cell.id in tried:
-                        yield cell, {"error": "its worker process died twice (killed, or it "
-                                              "crashed: out of memory, segfault)"}
-                    else:
-                        tried.add(cell.id)
-                        retry.append(cell)
-            finally:
-                self.close()
+        while todo or in_flight:
+            while todo and len(in_flight) < width:
+                c = todo.pop(0)
+                fut = self._pool.submit(_pool_cell, pos[c.id], experiment, module, c.config,
+                                        device, False, self.threads or 1)
+                in_flight[fut] = c
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            # finished cells first: a result must not be lost to a death in the same batch
+            for fut in sorted(done, key=lambda f: f.exception() is not None):
+                cell = in_flight.pop(fut)
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    in_flight[fut] = cell
+                    raise
+                except Exception as e:
+                    raise CellError(cell, e) from e
+                yield cell, res
 
     def close(self) -> None:
         if self._pool is not None:

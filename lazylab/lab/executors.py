@@ -320,10 +320,10 @@ class LocalExecutor(Executor):
 
         while todo or in_flight:
             while todo and len(in_flight) < width:
-                c = todo.pop(0)
+                c = todo[0]  # submit raises BrokenProcessPool on a broken pool: c stays queued
                 fut = self._pool.submit(_pool_cell, pos[c.id], experiment, module, c.config,
                                         device, False, self.threads or 1)
-                in_flight[fut] = c
+                in_flight[fut] = todo.pop(0)
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             # finished cells first: a result must not be lost to a death in the same batch
             for fut in sorted(done, key=lambda f: f.exception() is not None):

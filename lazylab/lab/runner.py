@@ -137,20 +137,9 @@ def run_experiment(
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
             try:
                 in_process = ex.workers == 1 and executor == "local"
-                for cell, res in ex.run(exp.name, exp.run_cell.__module__, todo, device,
-                                        progress and in_process):
-                    if "error" in res:  # its worker died twice: record, go on with the others
-                        store.mark_failed(cell.id)
-                        failed.append((cell, res["error"]))
-                        say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: FAILED, "
-                            f"{res['error']}")
-                        continue
-                    store.write_cell(cell.id, res["records"], started=res["started"],
-                                     finished=res["finished"], pid=res["pid"], host=res["host"])
-                    bar.update(1)
-                    say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: "
-                        f"{len(res['records'])} records, {res['finished'] - res['started']:.1f} s"
-                        + _last_summary(res["records"]))
+                results = ex.run(exp.name, exp.run_cell.__module__, todo, device,
+                                 progress and in_process)
+                failed = _store_cells(results, store, len(cells), bar, say)
             finally:
                 bar.close()
         finally:
@@ -160,7 +149,38 @@ def run_experiment(
         print(f"report: {path}")
     if failed:
         raise CellsFailedError(failed, str(out))
+    missing = _missing(out, todo)
+    if missing:  # an executor that loses cells must not look like a finished run
+        names = ", ".join(c.label() for c in missing[:5])
+        raise RuntimeError(f"{len(missing)} cell(s) were not run ({names}); the others are stored "
+                           f"in {out}; rerun with --resume")
     return path
+
+
+def _store_cells(results: Any, store: Store, n_cells: int, bar: Any,
+                 say: Any) -> list[tuple[Cell, str]]:
+    """Write each ``(cell, result)`` from the executor to the store as it comes (one transaction
+    per cell); a result ``{"error": ...}`` marks the cell failed. Returns the failed cells."""
+    failed: list[tuple[Cell, str]] = []
+    for cell, res in results:
+        if "error" in res:  # its worker died twice: record, go on with the others
+            store.mark_failed(cell.id)
+            failed.append((cell, res["error"]))
+            say(f"  cell {cell.index + 1}/{n_cells} {cell.label()}: FAILED, {res['error']}")
+            continue
+        store.write_cell(cell.id, res["records"], started=res["started"],
+                         finished=res["finished"], pid=res["pid"], host=res["host"])
+        bar.update(1)
+        say(f"  cell {cell.index + 1}/{n_cells} {cell.label()}: {len(res['records'])} records, "
+            f"{res['finished'] - res['started']:.1f} s" + _last_summary(res["records"]))
+    return failed
+
+
+def _missing(out: Path, todo: list[Cell]) -> list[Cell]:
+    """The cells of ``todo`` that the store holds neither as done nor as failed."""
+    with Store.open_readonly(out) as st:
+        status = st.cell_status()
+    return [c for c in todo if status.get(c.id) not in ("done", "failed")]
 
 
 def _last_summary(records: list[dict]) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab import metrics as M
 from lazylab.regimes import Lazy, lazy
 from lazylab.track import KernelTracker, LinearizedTwin, WeightChange
@@ -74,7 +75,7 @@ class _ActivationStability:
 
     def start(self, state: Any) -> None:
         self.model0 = copy.deepcopy(state.model)
-        self.x = self.x.to(state.X.device, state.X.dtype)
+        self.x = state.inputs_like_data(self.x)
 
     def __call__(self, state: Any) -> dict[str, float]:
         assert self.model0 is not None
@@ -100,12 +101,16 @@ def _has_relu(model: nn.Module) -> bool:
     return any(isinstance(m, M.RELU_TYPES) for m in model.modules())
 
 
-def _check_data(data: Any, arg: str) -> tuple[Tensor, Tensor]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+def _check_data(data: Any, arg: str) -> tuple[fn.Inputs, Tensor]:
+    ok = isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor) and (
+        isinstance(data[0], (Tensor, tuple, list, dict)))
+    if not ok:
         raise TypeError(f"{arg} must be a pair (X, y) of tensors, got {type(data).__name__}")
     X, y = data
-    if X.shape[0] != y.shape[0] or X.shape[0] < 2:
-        raise ValueError(f"{arg}: X and y need the same number (>= 2) of rows, got {X.shape[0]} and "
+    X = fn.check_inputs(X, f"{arg} X", finite=False)
+    n = fn.batch_size(X)
+    if n != y.shape[0] or n < 2:
+        raise ValueError(f"{arg}: X and y need the same number (>= 2) of rows, got {n} and "
                          f"{y.shape[0]}")
     return X, y
 
@@ -322,9 +327,10 @@ def diagnose(
     run_model = lazy(net, alpha) if alpha is not None else net
     src = test_data if test_data is not None else (X, y)
     gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(src[0].shape[0], generator=gen)[: min(n_probe, src[0].shape[0])]
+    n_src = fn.batch_size(src[0])
+    idx = torch.randperm(n_src, generator=gen)[: min(n_probe, n_src)]
     dev = next(run_model.parameters()).device
-    px, py = src[0][idx].to(dev), src[1][idx].to(dev)
+    px, py = fn.cast_inputs(fn.take(src[0], idx), dev), src[1][idx].to(dev)
 
     numbers: dict[str, float] = {}
     if kappa:
@@ -361,8 +367,9 @@ def diagnose(
     config = {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
               "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,
               "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size or "full",
-              "train points": X.shape[0], "test points": test_data[0].shape[0] if test_data else 0,
-              "probe points": px.shape[0], "seed": seed}
+              "train points": fn.batch_size(X),
+              "test points": fn.batch_size(test_data[0]) if test_data else 0,
+              "probe points": fn.batch_size(px), "seed": seed}
     spectra = {"init": kt.spectra[min(kt.spectra)], "final": kt.spectra[max(kt.spectra)]}
     return DiagnosisReport(verdict, reasons, numbers, h, kf, spectra, config, thr)
 

@@ -11,6 +11,12 @@ Losses (``L``, averaged over the N samples of a batch; ``f`` the output, ``y`` t
 - ``cross_entropy``: softmax cross-entropy, integer labels;
 - ``logistic``: ``(1/N) sum_i log(1 + exp(-y_i f_i))``, ``y in {-1, +1}``;
 - ``hinge``: ``(1/N) sum_i max(0, 1 - y_i f_i)``, ``y in {-1, +1}``.
+
+Data: ``(X, y)`` with ``X`` a tensor of any dtype (integer token ids are never cast) or a
+tuple/dict of batched tensors (the model is called as ``model(*X)`` / ``model(**X)``), or a
+``torch.utils.data.DataLoader`` yielding ``(X, y)`` batches (read once and concatenated; see
+:func:`train`). A model returning a dict/``ModelOutput`` is trained on its ``"logits"``; any other
+output is selected with :func:`lazylab.functional.with_output` (:mod:`lazylab.functional`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab.regimes import _check_module
 
 __all__ = ["train", "History", "TrainState", "DivergenceError", "LOSSES", "OPTIMIZERS",
@@ -141,8 +148,13 @@ class TrainState:
     def predict(self, model: nn.Module, X: Tensor) -> Tensor:
         """Outputs of ``model`` on ``X`` in batches of ``eval_batch_size`` (no grad)."""
         with torch.no_grad():
-            return torch.cat([model(X[i:i + self.eval_batch_size])
-                              for i in range(0, X.shape[0], self.eval_batch_size)])
+            return torch.cat([fn.apply(model, fn.take(X, slice(i, i + self.eval_batch_size)))
+                              for i in range(0, fn.batch_size(X), self.eval_batch_size)])
+
+    def inputs_like_data(self, x: fn.Inputs) -> fn.Inputs:
+        """``x`` on the training data's device, floating leaves in its floating dtype."""
+        dev = fn.leaves(self.X)[0].device
+        return fn.cast_inputs(x, dev, fn.float_dtype(self.X))
 
 
 def log_schedule(total: int, n: int = 30) -> list[int]:
@@ -153,21 +165,54 @@ def log_schedule(total: int, n: int = 30) -> list[int]:
     return sorted({0, *pts.tolist(), total})
 
 
-def _check_data(name: str, X: Any, y: Any) -> tuple[Tensor, Tensor]:
-    if not isinstance(X, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a pair (X, y) of tensors, got "
-                        f"({type(X).__name__}, {type(y).__name__})")
-    if X.shape[0] == 0:
+def _check_data(name: str, X: Any, y: Any) -> tuple[fn.Inputs, Tensor]:
+    if not isinstance(y, Tensor) or not isinstance(X, (Tensor, tuple, list, dict)):
+        raise TypeError(f"{name} must be a pair (X, y) of tensors (X may be a tuple/dict of "
+                        f"tensors), got ({type(X).__name__}, {type(y).__name__})")
+    if isinstance(X, Tensor) and X.shape[0] == 0:
         raise ValueError(f"{name}: empty dataset (X has 0 rows)")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: X has {X.shape[0]} rows but y has {y.shape[0]}")
-    if not X.is_floating_point():
-        raise TypeError(f"{name}: X must be floating point, got dtype {X.dtype}")
-    if not torch.isfinite(X).all():
+    try:
+        X = fn.check_inputs(X, f"{name} X", finite=False)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    n = fn.batch_size(X)
+    if n != y.shape[0]:
+        raise ValueError(f"{name}: X has {n} rows but y has {y.shape[0]}")
+    if not all(bool(torch.isfinite(t).all()) for t in fn.leaves(X) if t.is_floating_point()):
         raise ValueError(f"{name}: X contains NaN or inf")
     if y.is_floating_point() and not torch.isfinite(y).all():
         raise ValueError(f"{name}: y contains NaN or inf")
     return X, y
+
+
+def _from_loader(loader: Any, name: str) -> tuple[fn.Inputs, Tensor]:
+    """Concatenate the ``(X, y)`` batches of a DataLoader (one pass)."""
+    xs, ys = [], []
+    for i, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(f"{name}: the DataLoader must yield (X, y) pairs; batch {i} is a "
+                            f"{type(batch).__name__}")
+        xs.append(fn.check_inputs(batch[0], f"{name} batch {i} X", finite=False))
+        ys.append(batch[1])
+    if not xs:
+        raise ValueError(f"{name}: the DataLoader yields no batch")
+    first = xs[0]
+    if isinstance(first, Tensor):
+        X: fn.Inputs = torch.cat(xs)
+    elif isinstance(first, dict):
+        X = {k: torch.cat([x[k] for x in xs]) for k in first}
+    else:
+        X = tuple(torch.cat([x[j] for x in xs]) for j in range(len(first)))
+    return X, torch.cat(ys)
+
+
+def _as_pair(data: Any, name: str) -> tuple[Any, Any]:
+    if isinstance(data, torch.utils.data.DataLoader):
+        return _from_loader(data, name)
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{name} must be a pair (X, y) of tensors or a DataLoader, got "
+                        f"{type(data).__name__}")
+    return data[0], data[1]
 
 
 def _accuracy(out: Tensor, y: Tensor) -> float | None:
@@ -200,7 +245,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def train(
     model: nn.Module,
-    data: tuple[Tensor, Tensor],
+    data: tuple[fn.Inputs, Tensor] | torch.utils.data.DataLoader,
     *,
     loss: str | Callable[[Tensor, Tensor], Tensor] = "mse",
     optimizer: str = "gd",
@@ -231,6 +276,11 @@ def train(
 ) -> History:
     """Train ``model`` on ``data = (X, y)`` and return the tracked :class:`History`.
 
+    ``data`` (and ``test_data``) may be a ``DataLoader`` of ``(X, y)`` batches: it is read once and
+    concatenated, then batched by the trainer (``batch_size`` defaults to the loader's, shuffling
+    follows ``seed``), so runs are reproducible and resumable. ``X`` may hold integer tokens or be a
+    tuple/dict of tensors (see the module docstring).
+
     Objective: ``loss_scale * L(model(X_batch), y_batch)`` (see the module docstring for ``L``).
     ``optimizer``: ``"gd"`` (full batch), ``"sgd"`` (mini-batches of ``batch_size``, shuffled each
     epoch with a generator seeded by ``seed``; ``momentum``, ``weight_decay``) or ``"adam"``.
@@ -250,14 +300,12 @@ def train(
     arguments give the same numbers as an uninterrupted run).
     """
     _check_module(model)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"data must be a pair (X, y) of tensors, got {type(data).__name__}")
-    X, y = _check_data("data", *data)
+    if batch_size is None and isinstance(data, torch.utils.data.DataLoader):
+        batch_size = data.batch_size
+    X, y = _check_data("data", *_as_pair(data, "data"))
     X_test = y_test = None
     if test_data is not None:
-        if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
-            raise TypeError("test_data must be a pair (X, y) of tensors")
-        X_test, y_test = _check_data("test_data", *test_data)
+        X_test, y_test = _check_data("test_data", *_as_pair(test_data, "test_data"))
     crit = loss_fn(loss)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -269,7 +317,7 @@ def train(
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")
-    n = X.shape[0]
+    n = fn.batch_size(X)
     bs = n if (optimizer == "gd" or batch_size is None) else int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -281,22 +329,27 @@ def train(
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     if dtype is not None:
         model.to(dtype)
-        X = X.to(dtype)
         y = y.to(dtype) if y.is_floating_point() else y
         if X_test is not None and y_test is not None:
-            X_test = X_test.to(dtype)
             y_test = y_test.to(dtype) if y_test.is_floating_point() else y_test
     model.to(dev)
-    X, y = X.to(dev), y.to(dev)
+    X, y = fn.cast_inputs(X, dev, dtype), y.to(dev)  # only floating leaves are cast
     if X_test is not None and y_test is not None:
-        X_test, y_test = X_test.to(dev), y_test.to(dev)
+        X_test, y_test = fn.cast_inputs(X_test, dev, dtype), y_test.to(dev)
 
     try:
         with torch.no_grad():
-            probe = model(X[: min(2, n)])
+            probe = fn.apply(model, fn.take(X, slice(0, min(2, n))))
     except Exception as e:  # the model rejects the data: say which shapes
+        shapes = [(tuple(t.shape), str(t.dtype)) for t in fn.leaves(X)]
+        if fn.float_dtype(X) is None:
+            raise TypeError(
+                f"model {type(model).__name__} cannot be applied to the integer X (dtype "
+                f"{shapes[0][1]}): {e}. Integer inputs reach the model untouched (token ids); "
+                "give X as floating point if the model expects real-valued inputs") from e
         raise ValueError(f"model {type(model).__name__} cannot be applied to X of shape "
-                         f"{tuple(X.shape)} and dtype {X.dtype}: {e}") from e
+                         f"{shapes[0][0] if len(shapes) == 1 else shapes} and dtype "
+                         f"{shapes[0][1]}: {e}") from e
     crit(probe, y[: min(2, n)])  # raises a clear shape error early
     scale = float(getattr(model, "loss_scale", 1.0) if loss_scale is None else loss_scale)
 
@@ -386,14 +439,14 @@ def train(
                 perm = torch.randperm(n, generator=gen)
             i = step % per_epoch
             idx = perm[i * bs:(i + 1) * bs].to(dev) if bs < n else None
-            xb = X if idx is None else X[idx]
+            xb = X if idx is None else fn.take(X, idx)
             yb = y if idx is None else y[idx]
             if augment is not None:
                 xb = augment(xb, gen)
             for g in opt.param_groups:
                 g["lr"] = state.lr
             opt.zero_grad(set_to_none=True)
-            value = crit(model(xb), yb)
+            value = crit(fn.apply(model, xb), yb)
             if not torch.isfinite(value):
                 history.stopped, history.steps = "diverged", step
                 msg = (f"training diverged: loss is {value.item()} at step {step} "

@@ -218,13 +218,21 @@ def state_of(module: nn.Module) -> dict[str, Tensor]:
     return st
 
 
-def math_attention() -> contextlib.AbstractContextManager:
-    """``scaled_dot_product_attention`` on its math backend (composite ops: every transform works)."""
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Attention on its reference kernels: ``scaled_dot_product_attention`` on the math backend
+    (composite ops: every transform works) and the fused ``nn.MultiheadAttention`` /
+    ``nn.TransformerEncoderLayer`` fast path off (it has no forward mode, and it is chosen or not
+    depending on ``requires_grad``, so two evaluations of one model would differ in rounding)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - old torch
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def call(module: nn.Module, state: dict[str, Tensor], x: Inputs,
@@ -255,17 +263,22 @@ def jvp(f: Callable[[Any], Tensor], primal: Any, tangent: Any,
 
     ``mode``: ``"forward"`` (``torch.func.jvp``), ``"double_vjp"`` (:func:`double_vjp_jvp`) or
     ``"auto"``: forward mode, falling back to the double VJP when torch raises
-    ``NotImplementedError`` (an op without a forward-mode rule). Both run attention on the math
-    backend. Exact in both cases (same value up to rounding).
+    ``NotImplementedError`` (an op without a forward-mode rule; the random state is rewound so the
+    retry draws the same dropout masks). Both run attention on the math backend. Exact in both
+    cases (same value up to rounding), with one PyTorch convention to know: ``nn.Embedding``'s
+    ``padding_idx`` row gets zero gradient in backward but not in forward mode, so the two agree
+    on every direction that leaves that row fixed (training never moves it).
     """
     if mode == "double_vjp":
         return double_vjp_jvp(f, primal, tangent)
+    start = rng_state()
     try:
         with math_attention():
             return torch.func.jvp(f, (primal,), (tangent,))
     except NotImplementedError:
         if mode == "forward":
             raise
+    set_rng_state(start)  # the failed attempt may have drawn dropout masks: draw the same ones
     return double_vjp_jvp(f, primal, tangent)
 
 
@@ -276,19 +289,26 @@ def has_recurrent(module: nn.Module) -> bool:
 
 # ---------------------------------------------------------------- randomness
 def rng_state(device: torch.device | None = None) -> tuple:
-    """The generator state(s) a forward pass on ``device`` draws from (CPU, plus CUDA's)."""
+    """The generator state(s) a forward pass may draw from: CPU, plus CUDA's (those of ``device``,
+    or of every GPU when ``device`` is None and CUDA is initialised)."""
     cuda = None
     if device is not None and device.type == "cuda":
-        cuda = torch.cuda.get_rng_state(device)
+        cuda = ("one", torch.cuda.get_rng_state(device))
+    elif device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = ("all", torch.cuda.get_rng_state_all())
     return torch.get_rng_state(), cuda
 
 
 def set_rng_state(state: tuple, device: torch.device | None = None) -> None:
-    """Restore a state from :func:`rng_state`."""
+    """Restore a state from :func:`rng_state` (same ``device``)."""
     cpu, cuda = state
     torch.set_rng_state(cpu)
-    if cuda is not None and device is not None:
-        torch.cuda.set_rng_state(cuda, device)
+    if cuda is not None:
+        kind, st = cuda
+        if kind == "one":
+            torch.cuda.set_rng_state(st, device)
+        else:
+            torch.cuda.set_rng_state_all(st)
 
 
 # ---------------------------------------------------------------- buffers

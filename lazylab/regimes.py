@@ -186,6 +186,20 @@ class Lazy(nn.Module):
                 state[n] = state[n] + delta[_key(n)].to(state[n].dtype)
         return fn.call(self.model, state, x, self.output_fn)
 
+    def _other(self, base: dict[str, Tensor], x: fn.Inputs) -> Tensor:
+        """The subtracted term: ``h(w0)`` (copy) or ``h(w0 + delta_b)`` (symmetric).
+
+        ``h(w0)`` is a constant: it is evaluated without a graph, but with its weights flagged
+        ``requires_grad`` so that torch picks the same kernels as for ``h(w0 + delta)`` (e.g. the
+        RNN kernels differ in rounding with that flag): the difference is exactly 0 at init.
+        """
+        if self.center == "symmetric":
+            return self._eval(base, x, self.delta_b)
+        with torch.no_grad():
+            flagged = {n: base[n].detach().requires_grad_() if n in self._names else t
+                       for n, t in base.items()}
+            return self._eval(flagged, x, None)
+
     def forward(self, *args: object, **kwargs: object) -> Tensor:
         """``alpha * (h(w0 + delta, x) - h(w0, x))``; ``x`` = ``args``/``kwargs`` as for the model."""
         x = fn.check_inputs(fn.pack_args(args, kwargs), "x", finite=False)
@@ -204,7 +218,7 @@ class Lazy(nn.Module):
         if self.center != "none":
             after = fn.rng_state(dev)
             fn.set_rng_state(start, dev)
-            other = self._eval(base, xc, self.delta_b if self.center == "symmetric" else None)
+            other = self._other(base, xc)
             fn.set_rng_state(after, dev)
             out = out - other
             if self.center == "symmetric":
@@ -341,11 +355,14 @@ def linearize(model: nn.Module, center: bool = False, output_fn: OutputFn = None
 
 
 def _last_layer_names(model: nn.Module) -> list[str]:
+    """Parameters of the last module owning any, under their canonical (first) names: a decoder
+    tied to the embedding gives the shared tensor's name."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
     last: list[str] = []
-    for mod_name, mod in model.named_modules():
-        own = [n for n, _ in mod.named_parameters(recurse=False)]
+    for mod in model.modules():
+        own = [canonical[id(p)] for p in mod.parameters(recurse=False)]
         if own:
-            last = [f"{mod_name}.{n}" if mod_name else n for n in own]
+            last = own
     return last
 
 

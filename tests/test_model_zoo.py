@@ -198,15 +198,16 @@ def test_diagnose_end_to_end(name: str) -> None:
     out = fn.apply(_ref_model(e), e.x, e.output_fn)
     y = torch.randn(out.shape, generator=zoo._g(13), dtype=zoo.D)
     rep = lazylab.diagnose(fn.with_output(e.model, e.output_fn), (e.x, y), steps=3, lr=0.05,
-                           n_probe=4, n_snapshots=2, kappa=name not in _NO_KAPPA, progress=False)
+                           n_probe=4, n_snapshots=2, progress=False)
     assert rep.verdict in ("lazy", "intermediate", "feature learning")
     for k in ("kernel_rel_change", "lin_gap_rel", "rel_weight_change", "train_loss"):
         assert math.isfinite(rep.numbers[k]), k
-    if name not in _NO_KAPPA:
-        assert math.isfinite(rep.numbers["kappa"]) and rep.numbers["kappa"] > 0
+    kappa = rep.numbers["kappa"]
+    if name == "frozen_params":  # linear in its trainable (last-layer) weights: D^2 h = 0
+        assert kappa == 0.0
+    else:
+        assert math.isfinite(kappa) and kappa > 0
 
-
-_NO_KAPPA: set[str] = set()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -233,11 +234,16 @@ def test_buffer_written_in_forward_is_refused_naming_the_module() -> None:
         model = build(zoo.CountingBuffer().to(zoo.D))
         with pytest.raises(ValueError, match="'<root>'.*CountingBuffer.*'running'"):
             model(x)
-    with pytest.raises(ValueError, match="CountingBuffer.*running"):
-        lazylab.ntk(nn.Sequential(zoo.CountingBuffer().to(zoo.D)).train(), x)
-    # in eval mode it does not write: accepted, and the NTK is the plain one
-    ok = zoo.CountingBuffer().to(zoo.D).eval()
-    assert lazylab.ntk(ok, x).shape == (4, 4)
+    # the NTK is taken in eval mode, where this module does not write: accepted ...
+    ok = zoo.CountingBuffer().to(zoo.D).train()
+    K = lazylab.ntk(ok, x, method="jacobian")
+    assert torch.equal(ok.running, torch.zeros(4))
+    # ... and exactly the linear model's kernel (x - 0) (x - 0)^T + 1, per output, traced
+    assert _rel(K, 2 * (x @ x.T + 1)) < TOL
+    # a module that writes in eval mode too is refused, naming it
+    always = zoo.CountingBuffer(always=True).to(zoo.D)
+    with pytest.raises(ValueError, match="'0'.*CountingBuffer.*'0.running'"):
+        lazylab.ntk(nn.Sequential(always), x)
 
 
 def test_tuple_output_needs_a_selector() -> None:
@@ -255,7 +261,7 @@ def test_tuple_output_needs_a_selector() -> None:
     lin = lazylab.linearize(Pair(), output_fn=0)
     assert lin(x).shape == (3, 2)
     assert lazylab.ntk(Pair(), x, output_fn=0).shape == (3, 3)
-    with pytest.raises(KeyError, match="output_fn='nope'"):
+    with pytest.raises(ValueError, match="output_fn='nope'"):
         lazylab.ntk(DictOutModel(), x, output_fn="nope")
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import lazylab
 from lazylab import functional as fn
 from lazylab.attacks import attack_loss, pgd
+from lazylab.kernel_predictor import KernelPredictor
 from lazylab.regimes import _freeze_batchnorm, _key
 from tests import zoo
 
@@ -93,6 +94,13 @@ def test_ntk_every_method_and_output(name: str) -> None:
     K = lazylab.ntk(e.model, x1, x2, method="jacobian", output_fn=e.output_fn)
     assert _rel(K, ref["trace"][0:3, 1:4]) < TOL
     assert e.model.training == e.train_mode  # flags restored
+    # the kernel machine x -> K(x, X) c of KernelPredictor, same inputs and selector
+    o = full.shape[-1]
+    c = torch.randn(fn.batch_size(e.x), o, generator=zoo._g(8), dtype=zoo.D)
+    kp = KernelPredictor(e.model, e.x, c, output_fn=e.output_fn)
+    args, kwargs = fn.call_args(e.x)
+    got = kp(*args, **kwargs).reshape(-1, o)
+    assert _rel(got, torch.einsum("nmab,mb->na", full, c)) < TOL
 
 
 def _seeded(seed: int, f, *a):  # noqa: ANN001, ANN202
@@ -192,7 +200,11 @@ def test_training_lowers_loss(name: str, regime: str) -> None:
     assert math.isfinite(last) and last < first, (first, last)
 
 
-@pytest.mark.parametrize("name", NAMES)
+_SLOW_DIAGNOSE = {"hf_gpt2", "hf_bert"}  # GPT-2 is diagnosed by examples/diagnose_gpt2.py
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_DIAGNOSE
+                                  else n for n in NAMES])
 def test_diagnose_end_to_end(name: str) -> None:
     e = zoo.build(name)
     out = fn.apply(_ref_model(e), e.x, e.output_fn)

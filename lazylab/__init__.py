@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "Lazy": "lazylab.regimes",
     "Linearized": "lazylab.regimes",
     "apply_regime": "lazylab.regimes",
+    "alpha_range": "lazylab.checks",  # the safe range of alpha per dtype (issue "Nothing silent")
     # models
     "TwoLayerNet": "lazylab.models",
     "MLP": "lazylab.models",
@@ -59,6 +60,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
+    "checks",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -41,6 +41,17 @@ __all__ = ["diagnose", "alpha_crossover", "DiagnosisReport", "CrossoverResult", 
 THRESHOLDS: dict[str, float] = {"lazy_kernel": 0.1, "lazy_lin_gap": 0.1, "feature_kernel": 0.5}
 
 
+def _check_thresholds(thresholds: Mapping[str, float]) -> Mapping[str, float]:
+    """Refuse keys that are not in :data:`THRESHOLDS` and values that are not finite numbers."""
+    unknown = sorted(set(thresholds) - set(THRESHOLDS))
+    if unknown:
+        raise ValueError(f"thresholds: unknown key(s) {unknown}; known keys: {sorted(THRESHOLDS)}")
+    for k, v in thresholds.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"thresholds[{k!r}] must be a finite number >= 0, got {v!r}")
+    return thresholds
+
+
 def verdict_from(kernel_change: float, lin_gap: float,
                  thresholds: Mapping[str, float] = THRESHOLDS) -> tuple[str, list[str]]:
     """The verdict and the reasons, from the final relative kernel change and linearization gap.
@@ -51,7 +62,7 @@ def verdict_from(kernel_change: float, lin_gap: float,
       at least half its norm;
     - ``"intermediate"`` otherwise.
     """
-    t = {**THRESHOLDS, **thresholds}
+    t = {**THRESHOLDS, **_check_thresholds(thresholds)}
     kc, gap = float(kernel_change), float(lin_gap)
     why = [f"relative kernel change ||K_T - K_0||/||K_0|| = {kc:.3g}",
            f"relative distance to the linearized twin ||f - f_lin||/||f_lin|| = {gap:.3g}"]
@@ -320,7 +331,7 @@ def diagnose(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not isinstance(n_probe, int) or n_probe < 2:
         raise ValueError(f"n_probe must be an integer >= 2, got {n_probe!r}")
-    thr = {**THRESHOLDS, **(thresholds or {})}
+    thr = {**THRESHOLDS, **_check_thresholds(thresholds or {})}
     net = copy.deepcopy(model)
     if device is not None:
         net = net.to(device)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lazylab import functional as fn
+from lazylab.checks import check_alpha, check_finite_tensors
 from lazylab.functional import OutputFn
 
 __all__ = [
@@ -48,16 +49,6 @@ def _check_module(model: object, arg: str = "model") -> nn.Module:
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{arg} ({type(model).__name__}) has no parameters: nothing to train")
     return model
-
-
-def _check_alpha(alpha: float) -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
-    if not math.isfinite(a) or a <= 0:
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    return a
 
 
 def trainable_names(model: nn.Module) -> list[str]:
@@ -141,7 +132,9 @@ class Lazy(nn.Module):
         self._checked: set[bool] = set()
         if center not in CENTER_MODES:
             raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
-        self.alpha = _check_alpha(alpha)
+        # refused outside the float-precision safe range (lazylab.checks.alpha_range); NaN weights too
+        self.alpha = check_alpha(alpha, next(model.parameters()).dtype, compute_dtype)
+        check_finite_tensors(model.named_parameters(), "lazy")
         self.center = center
         self._names = trainable_names(model)
         if not self._names:
@@ -269,6 +262,7 @@ class Linearized(nn.Module):
         if forward_mode not in ("auto", "forward", "double_vjp"):
             raise ValueError("forward_mode must be 'auto', 'forward' or 'double_vjp', got "
                              f"{forward_mode!r}")
+        check_finite_tensors(model.named_parameters(), "linearize")
         self.model = model
         self.center = bool(center)
         self.output_fn = output_fn
@@ -328,7 +322,9 @@ def lazy(
     Args:
         model: any module with trainable parameters; its current weights are ``w0``. A frozen copy
             is kept; ``model`` itself is not modified.
-        alpha: scale, finite and > 0. Large alpha = lazy training.
+        alpha: scale inside :func:`lazylab.checks.alpha_range` (float32 weights: ``5.4e-20 ..
+            4.5e11``; with ``compute_dtype=torch.float32``: ``.. 839``): beyond it the float
+            rounding of ``w0 + delta`` swallows the update, so it is refused. Large alpha = lazy.
         center: ``"copy"`` | ``"symmetric"`` | ``"none"`` (see :class:`Lazy`).
         compute_dtype: dtype of the forward evaluation (default: float64 when alpha is too large for
             the input's precision, else the input's dtype).

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lazylab import functional as fn
+from lazylab.checks import check_finite_tensors, positive_int
 from lazylab.regimes import _check_module
 
 __all__ = ["train", "History", "TrainState", "DivergenceError", "LOSSES", "OPTIMIZERS",
@@ -322,9 +323,8 @@ def train(
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     per_epoch = math.ceil(n / bs)
-    total = int(steps) if steps is not None else int(epochs) * per_epoch  # type: ignore[arg-type]
-    if total < 0:
-        raise ValueError(f"steps/epochs must be >= 0, got {steps if steps is not None else epochs}")
+    total = (positive_int(steps, "steps", allow_zero=True) if steps is not None
+             else positive_int(epochs, "epochs", allow_zero=True) * per_epoch)
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     if dtype is not None:
@@ -356,6 +356,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all have requires_grad=False)")
+    check_finite_tensors(model.named_parameters(), "train")  # once, one sync
 
     def make_optimizer(ps: Sequence[Tensor]) -> torch.optim.Optimizer:
         if optimizer == "adam":

@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from lazylab.lab.executors import CellError
+from lazylab.lab.executors import CellError, CellsFailedError
 
 __all__ = ["build_parser", "main"]
 
@@ -47,6 +47,7 @@ See docs/lab.md.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazylab", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lazylab {_version()}")
     sub = p.add_subparsers(dest="command", metavar="{list,run,report,diagnose}")
     sub.required = True
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from lazylab import __version__
+
+    return __version__
+
+
 def _cmd_list() -> int:
     from lazylab.lab.registry import list_experiments
 
@@ -139,12 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lazylab: interrupted; finished cells are stored (use --resume)", file=sys.stderr)
         return 130
+    except CellsFailedError as e:  # workers died twice on some cells; the others are stored
+        print(f"lazylab: error: {e}", file=sys.stderr)
+        return 1
     except CellError as e:  # the experiment's code failed: show where
         traceback.print_exception(type(e.error), e.error, e.error.__traceback__)
-        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and add --resume",
-              file=sys.stderr)
+        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and rerun the same "
+              "command with --resume (a changed config needs a new --out)", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError,
+            ArithmeticError, ImportError) as e:
         if os.environ.get("LAZYLAB_DEBUG"):
             traceback.print_exc()
         print(f"lazylab: error: {e}", file=sys.stderr)

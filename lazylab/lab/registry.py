@@ -191,6 +191,7 @@ def register(exp: Experiment) -> Experiment:
     if "seed" not in fields:
         raise TypeError(f"Experiment {exp.name!r}: config {exp.config.__name__} needs a field "
                         "`seed: int`")
+    _check_config_fields(exp)
     missing = [p for p in REQUIRED_PRESETS if p not in exp.presets]
     if missing:
         raise ValueError(f"Experiment {exp.name!r}: missing preset(s) {missing}; "
@@ -200,11 +201,32 @@ def register(exp: Experiment) -> Experiment:
         if bad:
             raise ValueError(f"Experiment {exp.name!r}, preset {pname!r}: unknown config key(s) "
                              f"{bad}; valid keys: {sorted(fields)}")
+        both = sorted(set(preset.set) & set(preset.sweep))
+        if both:
+            raise ValueError(f"Experiment {exp.name!r}, preset {pname!r}: key(s) {both} are both "
+                             "set and swept; the sweep would override the set value")
         empty = [k for k, v in preset.sweep.items() if len(list(v)) == 0]
         if empty:
             raise ValueError(f"Experiment {exp.name!r}, preset {pname!r}: empty sweep for {empty}")
     _REGISTRY[exp.name] = exp
     return exp
+
+
+def _check_config_fields(exp: Experiment) -> None:
+    """Run-time settings are run options, not config fields; ``RULES`` names only fields."""
+    from lazylab.lab.config import RUN_OPTION_KEYS
+    from lazylab.lab.rules import config_rules
+
+    fields = exp.config_fields()
+    runtime = [k for k in RUN_OPTION_KEYS if k in fields]
+    if runtime:
+        raise TypeError(f"Experiment {exp.name!r}: config field(s) {runtime} are run-time settings; "
+                        "remove them: they come from the run options (--threads, --device, "
+                        "--workers) and must not change a cell's results or id")
+    bad = sorted(set(config_rules(exp.config)) - set(fields))
+    if bad:
+        raise ValueError(f"Experiment {exp.name!r}: {exp.config.__name__}.RULES names unknown "
+                         f"field(s) {bad}; valid keys: {sorted(fields)}")
 
 
 def _discover() -> None:

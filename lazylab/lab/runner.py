@@ -16,9 +16,10 @@ from typing import Any
 
 from lazylab.lab.config import ResolvedConfig, resolve
 from lazylab.lab.environment import collect_environment
-from lazylab.lab.executors import make_executor
+from lazylab.lab.executors import CellsFailedError, make_executor
 from lazylab.lab.registry import get_experiment
 from lazylab.lab.report import build_report
+from lazylab.lab.rules import validate_cells
 from lazylab.lab.store import STORE_NAME, Store, atomic_write_text
 from lazylab.lab.sweep import Cell, grid
 
@@ -33,13 +34,19 @@ def default_out(name: str) -> Path:
 
 def plan(name: str, preset: str = "quick", set: dict | list | None = None,
          sweep: dict | list | None = None) -> tuple[Any, ResolvedConfig, list[Cell]]:
-    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing."""
+    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing.
+
+    Checks the experiment and preset names, every key and value type (:func:`resolve`), and every
+    cell of the grid against the config's rules (:func:`lazylab.lab.rules.validate_cells`).
+    """
     exp = get_experiment(name)
     if preset not in exp.presets:
         raise ValueError(f"--preset: experiment {name!r} has no preset {preset!r}; "
                          f"presets: {', '.join(exp.presets)}")
     resolved = resolve(exp.config, exp.presets[preset], set, sweep)
-    return exp, resolved, grid(resolved)
+    cells = grid(resolved)
+    validate_cells(exp.config, cells)  # ranges, choices, data files: every cell, before any write
+    return exp, resolved, cells
 
 
 def _check_device(device: str) -> None:
@@ -109,6 +116,7 @@ def run_experiment(
                               "finish its missing cells, or choose a new --out")
     todo = [c for c in cells if c.id not in done]
 
+    failed: list[tuple[Cell, str]] = []
     say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
     # the executor connects (Dask) before anything is written: a bad address changes nothing
     with make_executor(executor, workers, threads=threads) as ex:
@@ -131,6 +139,12 @@ def run_experiment(
                 in_process = ex.workers == 1 and executor == "local"
                 for cell, res in ex.run(exp.name, exp.run_cell.__module__, todo, device,
                                         progress and in_process):
+                    if "error" in res:  # its worker died twice: record, go on with the others
+                        store.mark_failed(cell.id)
+                        failed.append((cell, res["error"]))
+                        say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: FAILED, "
+                            f"{res['error']}")
+                        continue
                     store.write_cell(cell.id, res["records"], started=res["started"],
                                      finished=res["finished"], pid=res["pid"], host=res["host"])
                     bar.update(1)
@@ -144,6 +158,8 @@ def run_experiment(
     path = build_report(out)
     if echo:
         print(f"report: {path}")
+    if failed:
+        raise CellsFailedError(failed, str(out))
     return path
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lazylab import functional as fn
+from lazylab.checks import check_finite_tensors
 from lazylab.ntk.jacobian import OUTPUTS, JacobianEngine
 from lazylab.ntk.ntvp import NTVPEngine
 from lazylab.ntk.problem import Problem, build_problem
@@ -190,6 +191,7 @@ def ntk(
         x2 = _check_x(x2, "x2")
 
     problem = build_problem(model, params, dtype, device, output_fn=output_fn)
+    check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")  # NaN weights: error
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
     with problem.eval_mode():

@@ -32,10 +32,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import ALPHA, NONNEG, POSITIVE, Rule, cifar10_dir, one_of
 
 PAPER_ALPHAS = [10.0**k for k in range(8)]
 # Fig 3(a) read off the figure (PAPERS.md 1.3 [F]); Fig 3(b) table (PAPERS.md 1.3 [P]).
@@ -70,6 +72,15 @@ class ChizatCNNConfig:
     n_stability: int = 1000       # test images used for the stability of activations
     n_track: int = 8              # tracked (evaluated) steps per run, log-spaced
     fig3b: bool = False           # Fig 3(b) cell: width/gain/lr/loss/batch from resolve_fig3b
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": one_of("digits", "cifar10"), "data_dir": cifar10_dir(),
+        "n_train": NONNEG, "n_test": NONNEG, "model": one_of("smallcnn", "vgg11", "resnet18"),
+        "width": POSITIVE, "depth": POSITIVE, "width_mult": POSITIVE, "gain": POSITIVE,
+        "alpha": ALPHA, "loss": one_of("mse", "cross_entropy"), "eta0": POSITIVE, "beta": NONNEG,
+        "momentum": Rule(ge=0, lt=1), "batch_size": POSITIVE, "epochs": POSITIVE,
+        "compute_dtype": one_of("auto", "float32", "float64"), "n_stability": POSITIVE,
+        "n_track": POSITIVE}
 
 
 def resolve_fig3b(cfg: ChizatCNNConfig) -> ChizatCNNConfig:

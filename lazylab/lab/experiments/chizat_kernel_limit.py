@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import POSITIVE, Rule
 
 
 @dataclass
@@ -39,6 +41,9 @@ class KernelLimitConfig:
     m: int = 100              # hidden width
     n_points: int = 40        # random sphere points for the Frobenius error
     n_angles: int = 60        # points of the Fig 4 curve k(x0, x(phi)), phi in [0, pi]
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": Rule(ge=2), "m": POSITIVE, "n_points": Rule(ge=2), "n_angles": Rule(ge=2)}
 
 
 def limit_kernel(x1, x2=None, parts: bool = False):

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import ACTIVATION, ALPHA, POSITIVE, Rule, one_of
 
 GAPS = (("sup_w", r"$\sup_t\|w-w_0\|$", -1.0),
         ("sup_f", r"$\sup_t\|\alpha h(w)-\alpha\bar h(\bar w)\|$", -1.0),
@@ -36,7 +38,6 @@ GAPS = (("sup_w", r"$\sup_t\|w-w_0\|$", -1.0),
 @dataclass
 class ChizatRatesConfig:
     seed: int = 0
-    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     alpha: float = 1.0
     center: str = "copy"        # copy | symmetric
     d: int = 5
@@ -49,12 +50,17 @@ class ChizatRatesConfig:
     track_every: int = 10
     slope_tol: float = 0.2      # |slope - expected| allowed in the checks
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "alpha": ALPHA, "center": one_of("copy", "symmetric"), "d": POSITIVE, "m": POSITIVE,
+        "m0": POSITIVE, "n": POSITIVE, "activation": ACTIVATION, "lr": POSITIVE, "steps": POSITIVE,
+        "track_every": POSITIVE, "slope_tol": POSITIVE}
+
 
 def run_cell(cfg: ChizatRatesConfig, ctx: RunContext) -> list[dict]:
-    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    """One cell (see the module docstring); torch threads: the run option ``--threads``."""
     from lazylab.lab.experiments._chizat_common import cell_threads
 
-    with cell_threads(cfg.threads):
+    with cell_threads(0):  # threads: the run option --threads
         return _run_cell(cfg, ctx)
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import POSITIVE, Rule, one_of
 
 UNITS = 1000.0  # the paper plots 1000 x (1/2 MSE)
 
@@ -37,7 +39,6 @@ PAPER_TAUS = [round(10 ** (k / 10), 6) for k in range(-22, 11)]  # 10^(-2.2:0.1:
 @dataclass
 class ChizatScaleConfig:
     seed: int = 0               # trial: teacher, data and init draw
-    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     tau: float = 1.0            # init scale (all weights ~ tau * N(0, 1))
     d: int = 100
     m: int = 50                 # student width (even: symmetrized)
@@ -54,12 +55,18 @@ class ChizatScaleConfig:
     paper_checks: bool = False  # also check the paper's plateau values (paper preset)
     dtype: str = "float32"
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "tau": POSITIVE, "d": POSITIVE, "m": POSITIVE, "m0": POSITIVE, "n_train": POSITIVE,
+        "n_test": POSITIVE, "steps": POSITIVE, "lr_c": POSITIVE, "lr_cap": POSITIVE,
+        "track_every": POSITIVE, "lin_tau": POSITIVE, "plateau_tau": POSITIVE,
+        "small_tau": POSITIVE, "dtype": one_of("float32", "float64")}
+
 
 def run_cell(cfg: ChizatScaleConfig, ctx: RunContext) -> list[dict]:
-    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    """One cell (see the module docstring); torch threads: the run option ``--threads``."""
     from lazylab.lab.experiments._chizat_common import cell_threads
 
-    with cell_threads(cfg.threads):
+    with cell_threads(0):  # threads: the run option --threads
         return _run_cell(cfg, ctx)
 
 

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import POSITIVE, Rule
 
 
 @dataclass
 class ChizatTrajectoriesConfig:
     seed: int = 0
-    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     tau: float = 0.1
     m: int = 20                 # student width (paper Fig 1: 20; code: 16; Fig 6: 200)
     n_train: int = 15           # Fig 6: 200
@@ -47,6 +47,10 @@ class ChizatTrajectoriesConfig:
     steps: int = 100_000        # illustration.jl
     n_track: int = 100          # log-spaced tracked steps (the paths)
     lazy_tau: float = 1.0       # tau >= this: the lazy side of the checks; below: non-lazy
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "tau": POSITIVE, "m": POSITIVE, "n_train": POSITIVE, "n_test": POSITIVE, "m0": POSITIVE,
+        "lr": POSITIVE, "steps": POSITIVE, "n_track": POSITIVE, "lazy_tau": POSITIVE}
 
 
 class NeuronPaths:
@@ -85,10 +89,10 @@ def angular_distances(W: Any, a: Any, U: Any) -> dict[str, float]:
 
 
 def run_cell(cfg: ChizatTrajectoriesConfig, ctx: RunContext) -> list[dict]:
-    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    """One cell (see the module docstring); torch threads: the run option ``--threads``."""
     from lazylab.lab.experiments._chizat_common import cell_threads
 
-    with cell_threads(cfg.threads):
+    with cell_threads(0):  # threads: the run option --threads
         return _run_cell(cfg, ctx)
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import POSITIVE, Rule, one_of
 
 UNITS = 0.1                     # test_vs_m.jl: ss = .1
 SCALINGS = {"sqrt": ("1/\u221am", 1.0), "mean_field": ("1/m", 0.05)}  # label, step size x m
@@ -35,7 +37,6 @@ PAPER_MS = [2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256, 512]
 @dataclass
 class ChizatWidthConfig:
     seed: int = 0               # trial: teacher, data and init
-    threads: int = 1            # torch threads inside the cell (tiny tensors); 0 = as the lab set
     m: int = 64
     scaling: str = "sqrt"       # sqrt: alpha = 1/sqrt(m), step 1/m | mean_field: alpha = 1/m, step 0.05/m
     d: int = 100
@@ -46,6 +47,11 @@ class ChizatWidthConfig:
     steps: int = 25_000
     n_track: int = 20
     ratio_target: float = 3.0   # check: loss(1/sqrt m) / loss(1/m) at the largest m >= this
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "m": POSITIVE, "scaling": one_of("sqrt", "mean_field"), "d": POSITIVE, "m0": POSITIVE,
+        "n_train": POSITIVE, "n_test": POSITIVE, "teacher_scale": POSITIVE, "steps": POSITIVE,
+        "n_track": POSITIVE, "ratio_target": POSITIVE}
 
 
 def alpha_and_lr(m: int, scaling: str) -> tuple[float, float]:
@@ -59,10 +65,10 @@ def alpha_and_lr(m: int, scaling: str) -> tuple[float, float]:
 
 
 def run_cell(cfg: ChizatWidthConfig, ctx: RunContext) -> list[dict]:
-    """One cell (see the module docstring), with ``cfg.threads`` torch threads."""
+    """One cell (see the module docstring); torch threads: the run option ``--threads``."""
     from lazylab.lab.experiments._chizat_common import cell_threads
 
-    with cell_threads(cfg.threads):
+    with cell_threads(0):  # threads: the run option --threads
         return _run_cell(cfg, ctx)
 
 

@@ -41,10 +41,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.rules import NONNEG, POSITIVE, Rule, one_of
 
 REGIMES = ("rf", "nt", "nn")
 COLORS = {"rf": "tab:blue", "nt": "tab:orange", "nn": "tab:green"}
@@ -68,6 +70,13 @@ class QuadraticConfig:
     n_track: int = 8
     dtype: str = "float32"
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "rho": POSITIVE, "regime": one_of("rf", "nt", "nn"),
+        "activation": one_of("quadratic", "relu"), "steps": NONNEG, "batch_size": POSITIVE,
+        "lr": POSITIVE, "nt_w_mult": NONNEG, "second_layer_init": one_of("sign", "gaussian"),
+        "nn_second_layer": one_of("trained", "fixed"), "n_test": POSITIVE, "n_track": POSITIVE,
+        "dtype": one_of("float32", "float64")}
+
 
 @dataclass
 class MixtureConfig:
@@ -87,6 +96,14 @@ class MixtureConfig:
     n_test: int = 100000
     n_track: int = 6
     dtype: str = "float32"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "s": POSITIVE, "delta": Rule(ge=0, lt=1), "rho": POSITIVE,
+        "regime": one_of("rf", "nt", "nn"), "activation": one_of("quadratic", "relu"),
+        "steps": NONNEG, "batch_size": POSITIVE, "lr": POSITIVE, "nt_w_mult": NONNEG,
+        "second_layer_init": one_of("sign", "gaussian"),
+        "nn_second_layer": one_of("trained", "fixed"), "n_test": POSITIVE, "n_track": POSITIVE,
+        "dtype": one_of("float32", "float64")}
 
 
 def _dtype(name: str):

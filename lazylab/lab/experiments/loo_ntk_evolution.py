@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.rules import NONNEG, POSITIVE, Rule, cifar10_dir, one_of
 
 
 @dataclass
@@ -59,6 +61,15 @@ class LooConfig:
                                      # the measured Jacobian is points x outputs x parameters)
     n_train: int = 0                 # 0 = all
     n_test: int = 0                  # 0 = all
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": one_of("digits", "cifar10"), "data_dir": cifar10_dir(),
+        "model": one_of("mlp", "cnn", "resnet18"), "width": POSITIVE,
+        "phase1": one_of("standard", "adversarial"), "epochs1": NONNEG, "epochs2": NONNEG,
+        "lr1": POSITIVE, "lr2": POSITIVE, "momentum": Rule(ge=0, lt=1), "batch_size": POSITIVE,
+        "eps": NONNEG, "train_attack_steps": POSITIVE, "eval_attack_steps": POSITIVE,
+        "probe_per_class": POSITIVE, "n_snapshots": Rule(ge=2), "freeze_epochs": Rule(ge=0, each=True),
+        "kernel_check_points": NONNEG, "n_train": NONNEG, "n_test": NONNEG}
 
 
 def _data(cfg: LooConfig):

@@ -19,10 +19,12 @@ at ``w`` and ``w0``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.rules import ACTIVATION, ALPHA, POSITIVE, Rule
 
 
 @dataclass
@@ -37,6 +39,10 @@ class RegimesDemoConfig:
     steps: int = 300
     n_track: int = 12           # number of log-spaced tracked steps
     activation: str = "relu"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "m": POSITIVE, "n_train": POSITIVE, "n_test": POSITIVE, "alpha": ALPHA,
+        "lr": POSITIVE, "steps": POSITIVE, "n_track": POSITIVE, "activation": ACTIVATION}
 
 
 def _teacher_data(cfg: RegimesDemoConfig):

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.rules import NONNEG, POSITIVE, UNIT_INTERVAL, Rule, mnist_dir, one_of
 
 
 @dataclass
@@ -62,6 +64,15 @@ class WangConfig:
     batch_size_gap: int = 32
     attack_steps: int = 10
     eval_attack_steps: int = 20
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": one_of("synthetic", "digits", "mnist"), "data_dir": mnist_dir(),
+        "d": POSITIVE, "width": POSITIVE, "C0": POSITIVE, "epochs": POSITIVE, "lr": POSITIVE,
+        "batch_size": POSITIVE, "n_train": NONNEG, "n_test": NONNEG, "margin": UNIT_INTERVAL,
+        "step": POSITIVE, "max_steps": POSITIVE, "gap_d": POSITIVE, "gap_width": POSITIVE,
+        "radii": Rule(gt=0, each=True), "eps": NONNEG, "epochs_gap": POSITIVE,
+        "lr_gap": POSITIVE, "batch_size_gap": POSITIVE, "attack_steps": POSITIVE,
+        "eval_attack_steps": POSITIVE}
 
 
 def wang_net(d: int, m: int, seed: int):

@@ -27,10 +27,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.rules import NONNEG, POSITIVE, UNIT_INTERVAL, Rule, one_of
 
 
 @dataclass
@@ -60,6 +62,18 @@ class WangTensorConfig:
     cg_tol: float = 1e-6
     cg_maxiter: int = 3000
     rcond: float = 1e-10
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "order": Rule(ge=2), "rank": POSITIVE,
+        "target": one_of("orthogonal", "general"), "m_list": Rule(gt=0, each=True),
+        "methods": Rule(choices=("lazy", "gd", "variant"), each=True),
+        "tangent_ratios": Rule(gt=0, each=True), "tangent_max_d": NONNEG,
+        "success_tol": POSITIVE, "stop_tol": POSITIVE, "dtype": one_of("float32", "float64"),
+        "gd_steps": NONNEG, "gd_lr": POSITIVE, "var_steps": NONNEG, "var_lr": POSITIVE,
+        "var_init": POSITIVE, "var_reg": NONNEG, "var_reinit_every": POSITIVE,
+        "var_reinit_above": NONNEG, "var_polish_frac": UNIT_INTERVAL,
+        "lazy_dense_max": POSITIVE, "cg_tol": POSITIVE, "cg_maxiter": POSITIVE,
+        "rcond": POSITIVE}
 
 
 METHODS = ("lazy", "gd", "variant")

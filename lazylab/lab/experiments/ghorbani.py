@@ -14,10 +14,10 @@ Population training (as the official code): a fresh batch of ``batch_size`` Gaus
 step, mean-squared loss ``(1/2) mean (f - y)^2``, per-parameter learning-rate multipliers of the code
 (``W``, ``a``: ``N * lr``; ``c``: ``lr``; the NT first layer gets an extra :func:`nt_multiplier`), and
 the code's step schedule (``lr`` until 80 % of the steps, ``lr/10`` until 90 %, then ``lr/15``; NN:
-drops at 70 % and 85 %). This is a small loop with ``torch.optim.SGD`` over the regime modules rather than
-``lazylab.trainer.train``: the trainer iterates over a fixed ``(X, y)``, and drawing the whole stream in
-advance (``steps * batch_size`` points, 18 GB at the paper's d = 450, 100 000 steps) is not possible;
-it also has no per-parameter-group learning rates, which the mean-field parametrization needs.
+drops at 70 % and 85 %). It runs on the library's one training loop (``lazylab.training.run``) with a
+sample-stream data source (``steps * batch_size`` points drawn as needed: drawing the stream in advance
+would take 18 GB at the paper's d = 450, 100 000 steps) and per-parameter-group rates, which the
+mean-field parametrization needs.
 
 Risks, normalized by ``Var f* = 2 ||B||_F^2``: (a) the exact population-optimal risk of the class at
 the cell's initialization (:mod:`lazylab.risks`: RF and NT depend on W, NN only on N); (b) the

@@ -275,6 +275,29 @@ class CrossoverResult:
     error_name: str
     message: str = ""
 
+def _crossover_run(model_fn: Callable[[], nn.Module], alpha: float, X: Tensor, y: Tensor,
+                   test_data: Any, px: Tensor, steps: int, lr: float, loss: str, seed: int,
+                   train_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Train ``lazy(model_fn(), alpha)``; its kernel change, test error (and the error's name)."""
+    torch.manual_seed(seed)
+    net = model_fn()
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model_fn must return a torch.nn.Module, got {type(net).__name__}")
+    kt = KernelTracker(px, schedule=[steps])
+    hist = train(lazy(net, alpha), (X, y), test_data=test_data, loss=loss, lr=lr, steps=steps,
+                 trackers=[kt], track_steps=[0, steps], seed=seed, on_divergence="stop", **train_kwargs)
+    fin = hist.final
+    if "test_acc" in fin:
+        err, name = 1.0 - fin["test_acc"], "test error (1 - accuracy)"
+    elif "test_loss" in fin:
+        err, name = fin["test_loss"], f"test loss ({loss})"
+    else:
+        err, name = fin.get("train_loss", math.nan), f"train loss ({loss})"
+    change = kt.records[-1]["kernel_rel_change"] if hist.stopped != "diverged" else math.nan
+    return {"alpha": alpha, "kernel_rel_change": change, "test_error": err,
+            "train_loss": fin.get("train_loss", math.nan), "stopped": hist.stopped, "error_name": name}
+
+
 def alpha_crossover(
     model_fn: Callable[[], nn.Module],
     data: tuple[Tensor, Tensor],
@@ -320,24 +343,10 @@ def alpha_crossover(
     error_name = ["error"]
 
     def run(alpha: float, phase: str) -> float:
-        torch.manual_seed(seed)
-        net = model_fn()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"model_fn must return a torch.nn.Module, got {type(net).__name__}")
-        kt = KernelTracker(px, schedule=[steps])
-        hist = train(lazy(net, alpha), (X, y), test_data=test_data, loss=loss, lr=lr, steps=steps,
-                     trackers=[kt], track_steps=[0, steps], seed=seed, on_divergence="stop", **train_kwargs)
-        fin = hist.final
-        if "test_acc" in fin:
-            err, error_name[0] = 1.0 - fin["test_acc"], "test error (1 - accuracy)"
-        elif "test_loss" in fin:
-            err, error_name[0] = fin["test_loss"], f"test loss ({loss})"
-        else:
-            err, error_name[0] = fin.get("train_loss", math.nan), f"train loss ({loss})"
-        change = kt.records[-1]["kernel_rel_change"] if hist.stopped != "diverged" else math.nan
-        rows.append({"alpha": alpha, "kernel_rel_change": change, "test_error": err,
-                     "train_loss": fin.get("train_loss", math.nan), "stopped": hist.stopped, "phase": phase})
-        return change
+        row = _crossover_run(model_fn, alpha, X, y, test_data, px, steps, lr, loss, seed, train_kwargs)
+        error_name[0] = row.pop("error_name")
+        rows.append({**row, "phase": phase})
+        return row["kernel_rel_change"]
 
     grid = np.geomspace(lo, hi, max(n_grid, 2))
     changes = [run(float(a), "grid") for a in grid]

@@ -283,28 +283,43 @@ def train(
     dev, X, y, X_test, y_test = _place(model, X, y, X_test, y_test, device, dtype)
     _probe(model, X, y, crit)
     scale = float(getattr(model, "loss_scale", 1.0) if loss_scale is None else loss_scale)
+    params = _trainable(model)
+    state = TrainState(model, X, y, X_test, y_test, crit, scale, spec.build, eval_batch_size)
+    history = History(config=dict(loss=str(loss), optimizer=getattr(optimizer, "name", optimizer),
+                                  lr=spec.lr, steps=total, batch_size=bs, momentum=momentum,
+                                  weight_decay=weight_decay, schedule=str(schedule), beta=beta,
+                                  seed=seed, loss_scale=scale))
+    ckpt = None if checkpoint is None else Checkpoint(checkpoint, checkpoint_every, resume)
+    return run(state, Batches(X, y, bs, torch.Generator().manual_seed(int(seed))), _objective, spec,
+               spec.build(params), total, hooks=_hooks(trackers, augment, target_loss),
+               track=_track_points(track_steps, total, n_track), checkpoint=ckpt,
+               on_divergence="raise" if on_divergence == "raise" else "warn", history=history,
+               progress=_bar(progress, total), device=dev)
+
+
+def _trainable(model: nn.Module) -> list[Tensor]:
+    """The parameters to train (refused: none, or NaN/inf weights)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all have requires_grad=False)")
     check_finite_tensors(model.named_parameters(), "train")  # once, one sync
-    state = TrainState(model, X, y, X_test, y_test, crit, scale, spec.build, eval_batch_size)
-    source = Batches(X, y, bs, torch.Generator().manual_seed(int(seed)))
+    return params
+
+
+def _hooks(trackers: Sequence[Any], augment: Any, target_loss: float | None) -> list[Any]:
+    """The trainer's hooks: its own metrics, the trackers, augmentation, early stop."""
     hooks: list[Any] = [_Metrics(), H.Trackers(trackers)]
     if augment is not None:
         hooks.append(H.Augment(augment))
     if target_loss is not None:
         hooks.append(H.TargetLoss(target_loss))
-    history = History(config=dict(loss=str(loss), optimizer=getattr(optimizer, "name", optimizer),
-                                  lr=spec.lr, steps=total, batch_size=bs, momentum=momentum,
-                                  weight_decay=weight_decay, schedule=str(schedule), beta=beta,
-                                  seed=seed, loss_scale=scale))
-    show = progress if progress is not None else (
-        sys.stderr.isatty() and total >= 500 and not os.environ.get("LAZYLAB_NO_PROGRESS"))
+    return hooks
+
+
+def _bar(progress: bool | None, total: int) -> Any:
+    """A tqdm bar, shown by default on a terminal for runs of >= 500 steps."""
     from tqdm.auto import tqdm
 
-    ckpt = None if checkpoint is None else Checkpoint(checkpoint, checkpoint_every, resume)
-    return run(state, source, _objective, spec, spec.build(params), total, hooks=hooks,
-               track=_track_points(track_steps, total, n_track), checkpoint=ckpt,
-               on_divergence="raise" if on_divergence == "raise" else "warn", history=history,
-               progress=tqdm(total=total, disable=not show, desc="train", leave=False),
-               device=dev)
+    show = progress if progress is not None else (
+        sys.stderr.isatty() and total >= 500 and not os.environ.get("LAZYLAB_NO_PROGRESS"))
+    return tqdm(total=total, disable=not show, desc="train", leave=False)

@@ -371,7 +371,9 @@ def run(args: argparse.Namespace) -> int:
                    loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size,
                    n_probe=args.probe, n_snapshots=args.snapshots, kappa=not args.no_kappa,
                    seed=args.seed, device=args.device)
-    path = rep.save(out)
+    from lazylab.lab.diagnosis_render import save
+
+    path = save(rep, out)
     n = rep.numbers
     nan = float("nan")
     print(f"verdict: {rep.verdict} (kernel change {n['kernel_rel_change']:.3g}, linearization gap "

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab.checks import check_finite_tensors
 from lazylab.ntk.jacobian import OUTPUTS, JacobianEngine
 from lazylab.ntk.ntvp import NTVPEngine
@@ -17,31 +18,33 @@ METHODS = ("auto", "jacobian", "ntvp", "structured")
 MEMORY_BUDGET = 1 << 30  # bytes of per-tile features the default tiling aims for
 
 
-def _check_x(x: object, arg: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError(f"{arg} must have a batch dimension, got a scalar")
-    if x.shape[0] == 0:
-        raise ValueError(
-            f"{arg} is an empty batch (shape {tuple(x.shape)}); need at least 1 example")
-    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{arg} contains NaN or inf values")
-    return x
+def _check_x(x: object, arg: str) -> fn.Inputs:
+    """A tensor (any dtype) or a tuple/dict of batched tensors (:mod:`lazylab.functional`)."""
+    return fn.check_inputs(x, arg)
 
 
-def _probe(problem: Problem, x: Tensor, arg: str) -> int:
+def _shape(x: fn.Inputs) -> object:
+    if isinstance(x, Tensor):
+        return tuple(x.shape)
+    if isinstance(x, dict):
+        return {k: tuple(v.shape) for k, v in x.items()}
+    return tuple(tuple(v.shape) for v in x)
+
+
+def _probe(problem: Problem, x: fn.Inputs, arg: str) -> int:
     """Run the model on two examples of ``x``; return the output dim or raise a ValueError."""
+    head = fn.take(x, slice(0, 2))
     try:
         with torch.no_grad():
-            out = problem.f(problem.params, x[:2])
+            out = problem.f(problem.params, head)
     except Exception as err:  # the model's own error, re-raised with the argument named
         raise ValueError(
-            f"{arg} of shape {tuple(x.shape)} is incompatible with the model: "
+            f"{arg} of shape {_shape(x)} is incompatible with the model: "
             f"{type(err).__name__}: {err}") from err
-    if out.shape[0] != x[:2].shape[0]:
+    if out.shape[0] != fn.batch_size(head):
         raise ValueError(f"the model maps {arg}[:2] to {out.shape[0]} outputs rows; the NTK needs "
                          "one output row per example (batch on axis 0)")
+    fn.check_buffers_frozen(problem.module, head, "ntk")
     return out.shape[1]
 
 
@@ -99,8 +102,8 @@ def _tiles(n: int, b: int) -> list[slice]:
 
 def ntk(
     model: nn.Module,
-    x1: Tensor,
-    x2: Tensor | None = None,
+    x1: fn.Inputs,
+    x2: fn.Inputs | None = None,
     *,
     method: str = "auto",
     output: str = "trace",
@@ -110,6 +113,7 @@ def ntk(
     device: torch.device | str | None = None,
     accumulate_dtype: torch.dtype | None = None,
     progress: bool | None = None,
+    output_fn: fn.OutputFn = None,
 ) -> Tensor:
     """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
 
@@ -140,6 +144,13 @@ def ntk(
             returned kernel use this dtype while the network runs in ``dtype`` (``"ntvp"`` has no
             separate contraction: its products run in ``dtype`` and the result is cast).
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
+        output_fn: which output of a model returning a tuple/dict/``ModelOutput`` is ``f``
+            (:func:`lazylab.functional.select_output`; default: a tensor, or ``"logits"``).
+
+    Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
+    batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
+    :mod:`lazylab.functional`. Recurrent layers are handled exactly (per-example loop instead of
+    ``vmap``); forward-mode products fall back to the double-VJP identity where torch has none.
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
     ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
@@ -179,7 +190,7 @@ def ntk(
     if not symmetric:
         x2 = _check_x(x2, "x2")
 
-    problem = build_problem(model, params, dtype, device)
+    problem = build_problem(model, params, dtype, device, output_fn=output_fn)
     check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")  # NaN weights: error
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
@@ -189,10 +200,11 @@ def ntk(
             o2 = _probe(problem, x2, "x2")
             if o2 != o:
                 raise ValueError(f"the model gives {o} outputs on x1 but {o2} on x2")
-        n1, n2 = x1.shape[0], x2.shape[0]
+        n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
         st = None
         if method in ("auto", "structured"):
-            st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], block_size or n1)
+            st = StructuredEngine(problem, output, accumulate_dtype, fn.take(x1, slice(0, 2)),
+                                  block_size or n1)
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
@@ -231,9 +243,9 @@ def _symmetrize(blk: Tensor, output: str) -> Tensor:
     return (blk + _transpose(blk, output)) / 2
 
 
-def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: int, output: str,
-           dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
-    n1, n2 = x1.shape[0], x2.shape[0]
+def _tiled(engine: object, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool, b: int, o: int,
+           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
+    n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
     tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
     rows, cols = _tiles(n1, b), _tiles(n2, b)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
@@ -253,7 +265,7 @@ def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: i
     def column(j: int, c: slice) -> object:
         if j in cache:
             return cache[j]
-        s = engine.prepare(x2[c])
+        s = engine.prepare(fn.take(x2, c))
         size = _nbytes(s)
         if cached[0] + size <= MEMORY_BUDGET:
             cache[j] = s
@@ -262,7 +274,7 @@ def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: i
 
     try:
         for i, r in enumerate(rows):
-            s1 = cache[i] if symmetric and i in cache else engine.prepare(x1[r])
+            s1 = cache[i] if symmetric and i in cache else engine.prepare(fn.take(x1, r))
             if symmetric and i not in cache and cached[0] + _nbytes(s1) <= MEMORY_BUDGET:
                 cache[i] = s1
                 cached[0] += _nbytes(s1)

@@ -46,12 +46,18 @@ def _probe(problem: Problem, x: Tensor, arg: str) -> int:
 
 def _forward_flops(engine: StructuredEngine, problem: Problem) -> float:
     """Multiply-adds of one forward pass per example (layer rules + the other parameters)."""
-    layer = sum(g.t * g.d_in * g.d_out for g in engine.groups)
-    rest = sum(problem.params[n].numel() for n in engine.rest)
-    return float(layer + rest)
+    return engine.forward_flops() + sum(problem.params[n].numel() for n in engine.rest)
 
 
 STRUCTURED_OVERHEAD = 1.25  # hooks, unfold and cotangent copies; measured on the CNN benchmark
+JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) per-example backward vs one batched backward (CNN, GPT-2)
+
+
+def _batch_coupled(problem: Problem) -> list[str]:
+    """Layers whose gradient depends on the whole batch (``nn.Embedding(scale_grad_by_freq)``):
+    products over a batch (``ntvp``) would not give per-example gradients."""
+    return [n for n, m in problem.module.named_modules()
+            if isinstance(m, nn.Embedding) and m.scale_grad_by_freq]
 
 
 def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
@@ -63,18 +69,21 @@ def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, ou
     pairs = n1 * n2 / (2.0 if symmetric else 1.0)
     oo = o if output == "full" else 1
     rest = sum(problem.params[n].numel() for n in st.rest)
-    build = sum(g.t * g.d_in * g.d_out for g in st.groups if g.explicit)
+    passes = JACOBIAN_OVERHEAD * nf * fwd * (1 + 2 * o)  # forward + O backward, per example
     cost = {
-        "jacobian": nf * (fwd + 2 * o * fwd + o * p) + pairs * o * oo * p,
+        "jacobian": passes + nf * o * p + pairs * o * oo * p,
         "ntvp": 2 * n2 * o * (n1 + n2) * fwd,
         "structured": STRUCTURED_OVERHEAD * (
-            nf * (fwd + o * fwd + o * build + 2 * o * rest)
-            + pairs * (st.flops_per_entry() + o * oo * rest)),
+            nf * (fwd + o * fwd + st.build_flops()) + pairs * st.flops_per_entry())
+            + (passes + nf * o * rest if st.rest else 0.0) + pairs * o * oo * rest,
     }
     if not st.groups:
         del cost["structured"]
-    if p * o * 4 > MEMORY_BUDGET:  # one example's Jacobian does not fit: only products work
-        return "ntvp"
+    if p * o * 4 > MEMORY_BUDGET and not _batch_coupled(problem):
+        return "ntvp"  # one example's Jacobian does not fit: only products work
+    # otherwise never ntvp: it needs forward-mode AD, which fused kernels (attention) lack, and
+    # where it is the cheapest (tiny models, few examples) every method takes milliseconds
+    del cost["ntvp"]
     return min(cost, key=cost.get)
 
 
@@ -124,8 +133,9 @@ def ntk(
             the lower triangle of tiles is computed, the result is exactly symmetric).
         method: ``"jacobian"`` (per-example Jacobians, ``vmap(jacrev)``, contracted parameter by
             parameter), ``"ntvp"`` (NTK-vector products, ``vjp`` then ``jvp``; never forms ``J``),
-            ``"structured"`` (per-layer rules for ``nn.Linear``/``nn.Conv1d/2d``, Jacobian path for
-            other parameters; see :mod:`lazylab.ntk.structured`), ``"auto"``.
+            ``"structured"`` (per-layer rules for ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding``,
+            ``nn.LayerNorm`` and Hugging Face ``Conv1D``; Jacobian path for other parameters; see
+            :mod:`lazylab.ntk.structured`), ``"auto"``.
         output: ``"trace"`` -> ``(N1, N2)`` summed over output dims, ``"full"`` ->
             ``(N1, N2, O, O)``, ``"diagonal"`` -> ``(N1, N2, O)``.
         params: parameter names, or a predicate ``(name, param) -> bool``; e.g. the last layer only
@@ -142,13 +152,15 @@ def ntk(
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
     ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
-    when symmetric)): jacobian ``N (F + 2 O F + O P) + E O P``; ntvp ``2 N2 O (N1 + N2) F``;
-    structured ``1.25 [N (F + O F + O B) + E C]`` with ``C`` the per-entry layer-rule cost
-    (``d_in + O d_out`` per ``nn.Linear``, ``O d_in d_out`` for a layer contracted through explicit
-    per-example gradients, e.g. a convolution), ``B`` the cost of building those gradients, plus
-    the Jacobian terms of uncovered parameters; 1.25 is the measured overhead of hooks and unfolding.
-    The cheapest wins (structured for MLPs, jacobian for small CNNs in the benchmark); ``ntvp`` is
-    forced when one example's Jacobian ``P O`` does not fit the 1 GiB budget.
+    when symmetric)): jacobian ``2 N F (1 + 2 O) + N O P + E O P`` (2 = measured overhead of the
+    per-example ``vmap(jacrev)`` passes over one batched backward); ntvp ``2 N2 O (N1 + N2) F``;
+    structured ``1.25 [N (F + O F + B) + E C]`` with ``C`` the per-entry layer-rule cost
+    (``T^2 (d_in + O d_out)`` for a Gram rule, ``O d_in d_out`` for a layer contracted through
+    explicit per-example gradients, e.g. a convolution), ``B`` the cost of building those
+    gradients (``O T d_in d_out``), plus the full Jacobian passes if any parameter is not covered
+    by a rule; 1.25 is the measured overhead of hooks and unfolding. The cheaper of jacobian and
+    structured wins; ``ntvp`` is taken only when one example's Jacobian ``P O`` does not fit the
+    1 GiB budget (it needs forward-mode AD, which fused attention kernels lack).
 
     Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
     off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
@@ -179,6 +191,9 @@ def ntk(
         x2 = _check_x(x2, "x2")
 
     problem = build_problem(model, params, dtype, device)
+    if method == "ntvp" and _batch_coupled(problem):
+        raise ValueError(f"method='ntvp' needs per-example gradients, but {_batch_coupled(problem)}"
+                         " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
     with problem.eval_mode():

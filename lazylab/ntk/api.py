@@ -60,9 +60,9 @@ def _batch_coupled(problem: Problem) -> list[str]:
             if isinstance(m, nn.Embedding) and m.scale_grad_by_freq]
 
 
-def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
-            symmetric: bool) -> str:
-    """The ``auto`` cost model (multiply-adds; see :func:`ntk`)."""
+def _costs(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
+           symmetric: bool) -> dict[str, float]:
+    """The ``auto`` cost model, multiply-adds per method (see :func:`ntk`)."""
     p = problem.n_params
     fwd = _forward_flops(st, problem)
     nf = n1 if symmetric else n1 + n2
@@ -79,12 +79,51 @@ def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, ou
     }
     if not st.groups:
         del cost["structured"]
-    if p * o * 4 > MEMORY_BUDGET and not _batch_coupled(problem):
+    return cost
+
+
+def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
+            symmetric: bool) -> str:
+    """The ``auto`` choice: the cheaper of jacobian and structured (ntvp only when forced)."""
+    if problem.n_params * o * 4 > MEMORY_BUDGET and not _batch_coupled(problem):
         return "ntvp"  # one example's Jacobian does not fit: only products work
     # otherwise never ntvp: it needs forward-mode AD, which fused kernels (attention) lack, and
     # where it is the cheapest (tiny models, few examples) every method takes milliseconds
+    cost = _costs(problem, st, n1, n2, o, output, symmetric)
     del cost["ntvp"]
     return min(cost, key=cost.get)
+
+
+SMALL_WORK = 1e9  # multiply-adds below which ntk runs single-threaded on CPU (0: never)
+
+
+class _Threads:
+    """Run a small CPU kernel single-threaded, restoring the caller's thread count afterwards.
+
+    With several torch threads each small op is an OpenMP region; when another process holds a
+    core, every region waits for it (measured: a 4-example MLP kernel 1.4-3.4 s with 2 threads on
+    a loaded 2-core machine, 0.02-0.05 s with 1). Work below :data:`SMALL_WORK` multiply-adds
+    (~30 ms on one core) gains little from threads, so it runs on one. The argument checks and the
+    probe always run on one thread; :meth:`release` restores the count before large work.
+    ``torch.set_num_threads`` is process-wide: other threads computing concurrently see it too.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.n = torch.get_num_threads()
+        self.active = device.type == "cpu" and self.n > 1 and SMALL_WORK > 0
+
+    def __enter__(self) -> _Threads:
+        if self.active:
+            torch.set_num_threads(1)
+        return self
+
+    def release(self) -> None:
+        if self.active:
+            torch.set_num_threads(self.n)
+            self.active = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _default_block(method: str, problem: Problem, st: StructuredEngine | None, o: int,
@@ -196,7 +235,7 @@ def ntk(
                          " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
-    with problem.eval_mode():
+    with problem.eval_mode(), _Threads(problem.device) as threads:
         o = _probe(problem, x1, "x1")
         if not symmetric:
             o2 = _probe(problem, x2, "x2")
@@ -208,6 +247,8 @@ def ntk(
             st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], block_size or n1)
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
+        if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
+            threads.release()
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
         if method == "structured":
             st.set_tile(b)
@@ -217,6 +258,17 @@ def ntk(
                   "structured": lambda: st}[method]()
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
+
+
+def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n2: int, o: int,
+          output: str, symmetric: bool) -> float:
+    """Multiply-adds of the chosen method (the cost model; forward cost ~ ``P`` without a plan)."""
+    if st is not None and st.groups:
+        return _costs(problem, st, n1, n2, o, output, symmetric)[method]
+    p, nf = problem.n_params, n1 + n2
+    if method == "ntvp":
+        return 2.0 * n2 * o * nf * p
+    return nf * (1 + 3 * o) * p + n1 * n2 * o * (o if output == "full" else 1) * p
 
 
 def _ntvp_chunk(problem: Problem) -> int:

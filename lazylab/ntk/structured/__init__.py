@@ -7,7 +7,8 @@ layer rules, one file per layer type (as BackPACK's ``core/derivatives/<layer>.p
 - :mod:`.conv`: ``nn.Conv1d`` / ``nn.Conv2d`` through the unfolded (im2col) form;
 - :mod:`.hf_conv1d`: Hugging Face ``Conv1D`` (GPT-2), a Linear with the weight transposed;
 - :mod:`.embedding`: ``nn.Embedding``, a gather: token-match Gram, no one-hot, no ``V``;
-- :mod:`.layernorm`: ``nn.LayerNorm`` affine weights, explicit per-example gradients.
+- :mod:`.layernorm`: ``nn.LayerNorm`` affine weights, explicit per-example gradients;
+- :mod:`.batchnorm`: ``nn.BatchNorm1d/2d`` with running statistics (eval mode), the same way.
 
 A rule module provides ``KIND`` (``"matmul"``, ``"gather"``, ``"elementwise"``), ``supports``,
 ``rows_in``/``rows_out`` (the recorded input and cotangent in rows), ``dims``, ``input_gram``

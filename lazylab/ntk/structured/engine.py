@@ -5,7 +5,7 @@ passes (one per output dim, only down to the layer outputs: no weight gradients)
 cotangents ``G (N, O, d_out, T)``. A layer called several times (weight sharing) has its calls
 concatenated along the position axis ``t``, so all cross terms between calls are in the kernel.
 Each layer is then contracted by its rule (one file per layer type: :mod:`.linear`, :mod:`.conv`,
-:mod:`.hf_conv1d`, :mod:`.embedding`, :mod:`.layernorm`) in one of two forms:
+:mod:`.hf_conv1d`, :mod:`.embedding`, :mod:`.layernorm`, :mod:`.batchnorm`) in one of two forms:
 
 - Gram (``"matmul"`` and ``"gather"`` rules): ``K = sum_{t,t'} (G G'^T)_{tt'} (w A A'^T + b)_{tt'}``
   from the position Gram of the inputs, cost ``N1 N2 T^2 (d_in + O d_out)`` (``T = 1``: the classic
@@ -37,9 +37,9 @@ from torch import Tensor, nn
 
 from lazylab.ntk import jacobian
 from lazylab.ntk.problem import Problem
-from lazylab.ntk.structured import conv, embedding, hf_conv1d, layernorm, linear
+from lazylab.ntk.structured import batchnorm, conv, embedding, hf_conv1d, layernorm, linear
 
-RULES = (linear, conv, hf_conv1d, embedding, layernorm)
+RULES = (linear, conv, hf_conv1d, embedding, layernorm, batchnorm)
 
 #: module -> {structure signature: (trusted param names, {weight name: (t, d_in, d_out)}, O)}
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

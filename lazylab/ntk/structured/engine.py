@@ -123,10 +123,11 @@ class _Untrusted(Exception):
         self.group = group
 
 
-def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Per group ``(A, G)``: rule-specific input rows and cotangents ``(N, O, d_out, T)``.
+def _record(problem: Problem, groups: list[Group], x: Tensor
+            ) -> tuple[Tensor, list[list[Tensor]], list[list[Tensor]]]:
+    """Forward pass with hooks: ``(y (N, O), inputs per group and call, outputs per group and call)``.
 
-    ``T`` = positions (1 for a plain linear layer), concatenated over the calls of a shared layer.
+    Raises ``_Untrusted`` for a layer never called or called on another batch size.
     """
     ins: list[list[Tensor]] = [[] for _ in groups]
     outs: list[list[Tensor]] = [[] for _ in groups]
@@ -139,7 +140,7 @@ def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tens
                 # a batch-1 call broadcast over the batch later (GPT-2's position ids): expand
                 # it, so that its cotangent is per example (the check verifies the result)
                 a, out = a.expand(n, *a.shape[1:]), out.expand(n, *out.shape[1:])
-            ins[i].append(a.detach())
+            ins[i].append(a.detach() if isinstance(a, Tensor) else a)
             outs[i].append(out)
             return out.clone()  # later in-place ops (ReLU(inplace=True)) must not touch `out`
 
@@ -153,24 +154,64 @@ def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tens
             h.remove()
     if y.shape[0] != n:
         raise ValueError(f"the model maps {n} examples to {y.shape[0]} output rows")
-    flat = [t for lst in outs for t in lst]
-    cots = _cotangents(y, flat) if flat else []
-    result, j = [], 0
-    for i, g in enumerate(groups):
-        a_rows, g_rows = [], []
-        for inp in ins[i]:
-            if inp.shape[0] != n or not isinstance(inp, Tensor):
-                raise _Untrusted(g)
-            a_rows.append(g.rule.rows_in(g.module, inp))
-            g_rows.append(g.rule.rows_out(g.module, cots[j]))
-            j += 1
-        if not a_rows:
+    for g, lst in zip(groups, ins):
+        if not lst or any(not isinstance(a, Tensor) or a.shape[0] != n for a in lst):
             raise _Untrusted(g)
-        if len(a_rows) == 1:
-            result.append((a_rows[0], g_rows[0]))
-        else:
-            result.append((torch.cat(a_rows, -1), torch.cat(g_rows, -1)))
-    return result
+    return y, ins, outs
+
+
+def _join(a_rows: list[Tensor], g_rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Calls of a shared layer concatenated along the position axis."""
+    if len(a_rows) == 1:
+        return a_rows[0], g_rows[0]
+    return torch.cat(a_rows, -1), torch.cat(g_rows, -1)
+
+
+def capture(problem: Problem, groups: list[Group], x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Per group ``(A, G)``: rule-specific input rows and cotangents ``(N, O, d_out, T)``.
+
+    ``T`` = positions (1 for a plain linear layer), concatenated over the calls of a shared layer.
+    """
+    y, ins, outs = _record(problem, groups, x)
+    cots = iter(_cotangents(y, [t for lst in outs for t in lst]))
+    return [_join([g.rule.rows_in(g.module, a) for a in ins[i]],
+                  [g.rule.rows_out(g.module, next(cots)) for _ in ins[i]])
+            for i, g in enumerate(groups)]
+
+
+def capture_features(problem: Problem, groups: list[Group], x: Tensor) -> list:
+    """Per group: ``(A, G)`` for a Gram-rule layer, its per-example gradients ``[(N, O, F)]`` for
+    an explicit one. The explicit ones are built one output at a time from that output's
+    cotangent, so their ``(N, O, d_out, T)`` cotangents are never stored (for a convolution that
+    is ``O P / (d_in)`` times the size of its per-example gradients)."""
+    y, ins, outs = _record(problem, groups, x)
+    n, o = y.shape
+    a_rows = [[g.rule.rows_in(g.module, a) for a in ins[i]] for i, g in enumerate(groups)]
+    flat = [t for lst in outs for t in lst]
+    bufs = [[] if g.explicit else [torch.empty((n, o, *t.shape[1:]), dtype=t.dtype,
+                                               device=t.device) for t in outs[i]]
+            for i, g in enumerate(groups)]
+    feats: list[list[Tensor] | None] = [None] * len(groups)
+    for a in range(o):
+        gs = iter(torch.autograd.grad(y[:, a].sum(), flat, retain_graph=a < o - 1,
+                                      allow_unused=True))
+        for i, g in enumerate(groups):
+            for c, t in enumerate(outs[i]):
+                ga = next(gs)
+                ga = torch.zeros_like(t) if ga is None else ga
+                if not g.explicit:
+                    bufs[i][c][:, a] = ga
+                    continue
+                f = g.rule.per_example(a_rows[i][c], g.rule.rows_out(g.module, ga.unsqueeze(1)),
+                                       g.weight is not None, g.bias is not None)
+                if feats[i] is None:
+                    feats[i] = [torch.zeros((n, o, q.shape[2]), dtype=q.dtype, device=q.device)
+                                for q in f]
+                for acc, q in zip(feats[i], f):
+                    acc[:, a] += q[:, 0]
+    return [feats[i] if g.explicit else _join(a_rows[i], [g.rule.rows_out(g.module, b)
+                                                          for b in bufs[i]])
+            for i, g in enumerate(groups)]
 
 
 def gram_block(group: Group, s1: tuple[Tensor, Tensor], s2: tuple[Tensor, Tensor],
@@ -339,11 +380,11 @@ class StructuredEngine:
     def prepare(self, x: Tensor) -> tuple[list, list[Tensor]]:
         grams, feats = [], []
         if self.groups:
-            for g, (a, gg) in zip(self.groups, capture(self.problem, self.groups, x)):
+            for g, r in zip(self.groups, capture_features(self.problem, self.groups, x)):
                 if g.explicit:
-                    feats += g.rule.per_example(a, gg, g.weight is not None, g.bias is not None)
+                    feats += r
                 else:
-                    grams.append((a, gg))
+                    grams.append(r)
         feats += jacobian.jacobian_features(self.problem, x, self.rest)
         if len(feats) > 1 and sum(f.numel() * f.element_size() for f in feats) < FEATURE_CAT_BYTES:
             feats = [torch.cat([f.reshape(f.shape[0], f.shape[1], -1) for f in feats], 2)]

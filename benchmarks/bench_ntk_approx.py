@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         errs, times = [], []
         for s in range(args.seeds):
             t = time.perf_counter()
-            res = projected_ntk(model, x, k=k, sketch=sketch, seed=s, batch_size=4)
+            res = projected_ntk(model, x, k=k, sketch=sketch, seed=s, batch_size=2)
             times.append(time.perf_counter() - t)
             errs.append(_rel(res.kernel, exact))
         err = sum(errs) / len(errs)

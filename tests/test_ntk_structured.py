@@ -127,12 +127,25 @@ def test_embedding_on_integer_tokens_is_exact():
     assert _kinds(st) == {"embedding", "linear"} and not st.rest
 
 
+@pytest.mark.parametrize("vocab,explicit", [(7, True), (1000, False)])
+def test_embedding_gram_and_explicit_forms(vocab, explicit):
+    """Small table: dense per-example gradients; large vocabulary: the token-match Gram form."""
+    torch.manual_seed(11)
+    x1, x2 = _tokens(5, 6, vocab, 15), _tokens(4, 6, vocab, 16)
+    x2[1, 2] = x1[0, 0]  # a shared token at different positions
+    st = _check(BagOfTokens(vocab=vocab, d=4), x1, x2)
+    (emb,) = [g for g in st.groups if g.key == "emb.weight"]
+    assert emb.explicit is explicit
+
+
 def test_embedding_padding_idx_gets_no_gradient():
     torch.manual_seed(1)
     x1, x2 = _tokens(5, 6, 7, 3), _tokens(3, 6, 7, 4)
     x1[:, :2] = 0
-    st = _check(BagOfTokens(padding_idx=0), x1, x2, outputs=("trace",))
-    assert "embedding" in _kinds(st)
+    x2[0, 0] = 0
+    for vocab in (7, 1000):  # both forms mask the padding token
+        st = _check(BagOfTokens(vocab=vocab, padding_idx=0), x1, x2, outputs=("trace",))
+        assert "embedding" in _kinds(st)
 
 
 def test_unsupported_embedding_falls_back_exactly():

@@ -130,7 +130,7 @@ def _default_block(method: str, problem: Problem, st: StructuredEngine | None, o
                    n: int) -> int:
     item = torch.finfo(problem.dtype).bits // 8
     if method == "structured" and st is not None:
-        per = sum(g.t * (g.d_in + o * g.d_out) if not g.explicit else o * g.d_in * g.d_out
+        per = sum(g.t * (g.d_in + o * g.d_out) if not g.explicit else o * st.width(g) * g.d_out
                   for g in st.groups)
         per += sum(o * problem.params[k].numel() for k in st.rest)
     elif method == "ntvp":

@@ -8,7 +8,9 @@ block sums cotangent products over matching tokens:
 
 This is the :mod:`.linear` position-Gram rule with one-hot inputs (``A A'^T`` = the token-match
 matrix), computed without one-hot vectors: cost ``N1 N2 T^2 (1 + O d)`` per block, independent of
-the vocabulary size ``V`` (a per-example Jacobian would hold ``N O V d`` numbers). Tokens equal to
+the vocabulary size ``V`` (a per-example Jacobian would hold ``N O V d`` numbers). For small tables
+(position embeddings: ``V d < T^2 (1 + O d)``) the dense per-example gradients are cheaper and the
+engine uses them. Tokens equal to
 ``padding_idx`` get no gradient and are masked out. ``max_norm`` (renormalises the weight in
 place) and ``scale_grad_by_freq`` (a batch-dependent gradient) are not supported: such layers
 use the Jacobian path.
@@ -55,7 +57,17 @@ def input_gram(a1: Tensor, a2: Tensor) -> Tensor:
     return ((t1[:, None] == t2[None, :]) & (t1[:, None] >= 0)).float()
 
 
-per_example = None  # a dense (N, O, V d) Jacobian is what this rule avoids
+def per_example(module: nn.Module, a: Tensor, g: Tensor, weight: bool, bias: bool
+                ) -> list[Tensor]:
+    """Dense per-example gradients ``(N, O, V d)`` (index_add of the cotangents): cheaper than
+    the Gram form only for small tables (position embeddings); the engine's cost model decides."""
+    n, o, d, t = g.shape
+    v = module.num_embeddings
+    keep = a >= 0
+    rows = (torch.arange(n, device=a.device)[:, None] * v + a.clamp_min(0))[keep]  # (K,)
+    vals = g.permute(0, 3, 1, 2)[keep].reshape(-1, o * d)  # (K, O d)
+    out = torch.zeros(n * v, o * d, dtype=g.dtype, device=g.device).index_add_(0, rows, vals)
+    return [out.reshape(n, v, o, d).permute(0, 2, 1, 3).reshape(n, o, v * d)]
 
 
 def grad_of_sum(module: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor, None]:

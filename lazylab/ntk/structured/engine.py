@@ -202,7 +202,8 @@ def capture_features(problem: Problem, groups: list[Group], x: Tensor) -> list:
                 if not g.explicit:
                     bufs[i][c][:, a] = ga
                     continue
-                f = g.rule.per_example(a_rows[i][c], g.rule.rows_out(g.module, ga.unsqueeze(1)),
+                f = g.rule.per_example(g.module, a_rows[i][c],
+                                       g.rule.rows_out(g.module, ga.unsqueeze(1)),
                                        g.weight is not None, g.bias is not None)
                 if feats[i] is None:
                     feats[i] = [torch.zeros((n, o, q.shape[2]), dtype=q.dtype, device=q.device)
@@ -371,11 +372,12 @@ class StructuredEngine:
     def set_tile(self, tile: int) -> None:
         """Per layer, the cheaper of the Gram and explicit rules for tiles of ``tile`` examples."""
         for g in self.groups:
-            if g.rule.KIND != "matmul":
-                g.explicit = g.rule.input_gram is None
+            if g.rule.input_gram is None:
+                g.explicit = True
                 continue
-            g.explicit = explicit_cost(g.t, g.d_in, g.d_out, self.n_out, self.output, tile) < (
-                gram_cost(g.t, g.d_in, g.d_out, self.n_out, self.output))
+            g.explicit = g.rule.per_example is not None and explicit_cost(
+                g.t, self.width(g), g.d_out, self.n_out, self.output, tile) < gram_cost(
+                g.t, g.d_in, g.d_out, self.n_out, self.output)
 
     def prepare(self, x: Tensor) -> tuple[list, list[Tensor]]:
         grams, feats = [], []
@@ -405,8 +407,13 @@ class StructuredEngine:
         """Contraction multiply-adds per kernel entry (used by the ``auto`` cost model)."""
         o = self.n_out
         return sum(
-            explicit_cost(g.t, g.d_in, g.d_out, o, self.output, 1 << 30) if g.explicit
+            explicit_cost(g.t, self.width(g), g.d_out, o, self.output, 1 << 30) if g.explicit
             else gram_cost(g.t, g.d_in, g.d_out, o, self.output) for g in self.groups)
+
+    @staticmethod
+    def width(g: Group) -> int:
+        """Input width of the explicit gradients (the table size for a gather)."""
+        return g.module.num_embeddings if g.rule.KIND == "gather" else g.d_in
 
     def build_flops(self) -> float:
         """Multiply-adds per example to build the explicit per-example gradients."""

@@ -44,7 +44,8 @@ def dims(a: Tensor) -> tuple[int, int]:
 input_gram = None  # no Gram form: explicit features are already small
 
 
-def per_example(a: Tensor, g: Tensor, weight: bool, bias: bool) -> list[Tensor]:
+def per_example(module: nn.Module, a: Tensor, g: Tensor, weight: bool, bias: bool
+                ) -> list[Tensor]:
     """``[(N, O, D), (N, O, D)]``: ``sum_t G * xhat`` and ``sum_t G``."""
     feats = []
     if weight:

@@ -53,7 +53,8 @@ def input_gram(a1: Tensor, a2: Tensor) -> Tensor:
         -1, a2.shape[1]).T
 
 
-def per_example(a: Tensor, g: Tensor, weight: bool, bias: bool) -> list[Tensor]:
+def per_example(module: nn.Module, a: Tensor, g: Tensor, weight: bool, bias: bool
+                ) -> list[Tensor]:
     """Per-example gradients ``[(N, O, d_out d_in), (N, O, d_out)]`` of the selected parameters.
 
     ``J_W[n, o] = G[n, o] A[n]^T`` (``(d_out, T) @ (T, d_in)``): one batched matmul, cost

@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "History": "lazylab.trainer",
     # kernels
     "ntk": "lazylab.ntk",
+    "pseudo_ntk": "lazylab.ntk.approx",
+    "projected_ntk": "lazylab.ntk.approx",
     "kernel_regression": "lazylab.kernel_methods",
     "gradient_flow": "lazylab.kernel_methods",
     "max_stable_lr": "lazylab.kernel_methods",

@@ -56,6 +56,12 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def _in_functorch_transform() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is active around this call."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 def _key(name: str) -> str:
     # ParameterDict / buffer names cannot contain '.'
     return name.replace(".", "__")
@@ -188,6 +194,8 @@ class Lazy(nn.Module):
         """
         if self.center == "symmetric":
             return self._eval(base, x, self.delta_b)
+        if _in_functorch_transform():  # requires_grad_ is illegal there; the term is a constant
+            return self._eval({n: t.detach() for n, t in base.items()}, x, None)
         with torch.no_grad():
             flagged = {n: base[n].detach().requires_grad_() if n in self._names else t
                        for n, t in base.items()}

@@ -109,6 +109,8 @@ def ntk(
     device: torch.device | str | None = None,
     accumulate_dtype: torch.dtype | None = None,
     progress: bool | None = None,
+    out: str | None = None,
+    client: object | None = None,
 ) -> Tensor:
     """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
 
@@ -139,6 +141,11 @@ def ntk(
             returned kernel use this dtype while the network runs in ``dtype`` (``"ntvp"`` has no
             separate contraction: its products run in ``dtype`` and the result is cast).
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
+        out: path of a ``.npy`` file: the kernel is written tile by tile into it (memory-mapped;
+            resumable after an interruption) and returned as a tensor over the file
+            (:mod:`lazylab.ntk.out_of_core`).
+        client: run the tiles on Dask: a ``distributed.Client``, ``"dask://HOST:PORT"``, or an
+            int ``n`` for a ``LocalCluster`` of ``n`` workers (:mod:`lazylab.ntk.distributed`).
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
     ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
@@ -194,12 +201,19 @@ def ntk(
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
+        if block_size is None and (out is not None or client is not None):
+            from lazylab.ntk.tile_jobs import tile_cap
+            b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
         if method == "structured":
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
                                              chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
+        if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
+            from lazylab.ntk.tile_jobs import run_tiles
+            return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
+                             problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
 

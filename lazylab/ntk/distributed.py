@@ -4,7 +4,7 @@ The engine (model, parameters, method state) and the inputs are sent to the work
 (``client.scatter(..., broadcast=True)``: every worker holds a copy, so losing one worker loses
 no data). Each tile pair ``(i, j)`` is one task reading those scattered objects; tasks keep the
 tile features they prepare in a per-worker :class:`~lazylab.ntk.tile_jobs.FeatureCache` (at most
-1 GiB per worker, dropped at the end), so a worker prepares a row or column tile at most once
+1 GiB per worker, dropped at the end) and run a per-worker copy of the engine, so a worker prepares a row or column tile at most once
 while it fits. The client gathers tiles as they finish (``as_completed``) and writes them into a
 tensor or an ``out=`` file, where finished tiles are recorded (resumable). A worker that dies
 mid-run costs only the tiles it was computing or holding: the scheduler reruns those tasks on the
@@ -25,24 +25,35 @@ from torch import Tensor
 
 from lazylab.ntk.tile_jobs import FeatureCache, TilePlan, compute_tile
 
-_CACHES: dict[str, FeatureCache] = {}  # per worker process: token -> feature cache
+_STATE: dict[str, tuple[object, FeatureCache]] = {}  # per worker: token -> (engine copy, cache)
 _LOCK = threading.Lock()
 
 
-def _cache(token: str) -> FeatureCache:
+def _local(token: str, engine: object) -> tuple[object, FeatureCache]:
+    """This worker's private copy of the scattered engine, and its feature cache.
+
+    Tasks never run the scattered object itself: ``functional_call`` and the layer hooks modify
+    the module while a tile runs, and the worker may at that moment be serializing the scattered
+    object for another worker (e.g. one restarted after a crash).
+    """
+    import cloudpickle  # a deep copy that handles what Dask's serialization handles
+
     with _LOCK:
-        return _CACHES.setdefault(token, FeatureCache())
+        if token not in _STATE:
+            _STATE[token] = (cloudpickle.loads(cloudpickle.dumps(engine)), FeatureCache())
+        return _STATE[token]
 
 
 def _drop(token: str) -> None:
     with _LOCK:
-        _CACHES.pop(token, None)
+        _STATE.pop(token, None)
 
 
 def _tile_task(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan, i: int, j: int,
                token: str) -> tuple[int, int, Tensor]:
     """One tile on a worker: ``(i, j, K[rows[i], cols[j]])`` on CPU."""
-    return i, j, compute_tile(engine, x1, x2, plan, i, j, _cache(token)).cpu()
+    mine, cache = _local(token, engine)
+    return i, j, compute_tile(mine, x1, x2, plan, i, j, cache).cpu()
 
 
 def local_cluster(workers: int) -> tuple[object, object]:

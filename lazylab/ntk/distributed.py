@@ -1,15 +1,15 @@
 """NTK tiles on a Dask cluster: ``ntk(model, x, client=...)``.
 
 The engine (model, parameters, method state) and the inputs are sent to the workers once
-(``client.scatter(..., broadcast=True)``: every worker holds a copy, so losing one worker loses
-no data). Each tile pair ``(i, j)`` is one task reading those scattered objects; tasks keep the
-tile features they prepare in a per-worker :class:`~lazylab.ntk.tile_jobs.FeatureCache` (at most
-1 GiB per worker, dropped at the end) and run a per-worker copy of the engine, so a worker prepares a row or column tile at most once
-while it fits. The client gathers tiles as they finish (``as_completed``) and writes them into a
-tensor or an ``out=`` file, where finished tiles are recorded (resumable). A worker that dies
-mid-run costs only the tiles it was computing or holding: the scheduler reruns those tasks on the
-remaining or restarted workers (Dask's ``distributed.scheduler.allowed-failures``, default 3,
-bounds the reruns of one task).
+(``client.scatter(..., broadcast=True)``: every worker holds a copy, so losing one worker loses no
+data). Each tile pair ``(i, j)`` is one task reading those scattered objects; tasks keep the tile
+features they prepare in a per-worker :class:`~lazylab.ntk.tile_jobs.FeatureCache` (at most 1 GiB
+per worker, dropped at the end) and run a per-worker copy of the engine, so a worker prepares a row
+or column tile at most once while it fits. The client gathers tiles as they finish
+(``as_completed``) and writes them into a tensor or an ``out=`` file, where finished tiles are
+recorded (resumable). A worker that dies mid-run costs only the tiles it was computing or holding:
+the scheduler reruns those tasks on the remaining or restarted workers (Dask's
+``distributed.scheduler.allowed-failures``, default 3, bounds the reruns of one task).
 
 ``client``: a ``distributed.Client``; ``"dask://HOST:PORT"`` or ``"tcp://HOST:PORT"`` (an existing
 ``dask scheduler``); or an int ``n`` for a fresh ``LocalCluster`` of ``n`` single-threaded worker

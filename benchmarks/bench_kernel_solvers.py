@@ -3,7 +3,8 @@
 The traced NTK of MLP ``d``-128-128-1 (float64) on ``N`` inputs ``x ~ N(0, I_d)`` with targets
 ``sin(x_1) + 0.1 noise``; ridge ``--ridge-factor`` (1e-4) times the mean of ``diag K``
 (per-example gradient norms of the first 1000 inputs).
-``kernel_regression_cg(NTKOperator(model, x), y, NTKOperator(model, x_test, x))`` with a rank-``r`` Nyström preconditioner, and without one for ``--compare-plain``. Printed: CG iterations,
+``kernel_regression_cg(NTKOperator(model, x), y, NTKOperator(model, x_test, x))`` with a
+rank-``r`` Nyström preconditioner, and without one for ``--compare-plain``. Printed: CG iterations,
 kernel-vector products, final relative residual, wall time, peak RSS (``ru_maxrss``) and the
 test-set relative error of the predictions; with ``--dense`` (small ``N``) also the relative
 difference from the dense Cholesky solve.

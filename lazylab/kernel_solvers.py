@@ -82,7 +82,7 @@ class StoredKernel:
 
     def rows(self, idx: Tensor) -> Tensor:
         ex, a = idx // self.o, idx % self.o
-        return torch.stack([self._band(int(e), int(e) + 1)[int(j)] for e, j in zip(ex, a)])
+        return torch.stack([self._band(int(e), int(e) + 1)[int(j)] for e, j in zip(ex, a)]).cpu()
 
     def diagonal(self) -> Tensor:
         n = self.k.shape[0]
@@ -92,7 +92,7 @@ class StoredKernel:
             band = self._band(i, hi)
             cols = torch.arange(i * self.o, hi * self.o)
             out.append(band[torch.arange(len(cols)), cols])
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
 
 class NTKOperator:
@@ -103,7 +103,8 @@ class NTKOperator:
     ``x2`` (``J^T V``, accumulated over batches of ``batch_size`` examples) then a ``jvp`` over
     ``x1`` (vmapped over the ``k`` columns); memory ``k P`` plus one batch of activations.
     ``rows(idx)`` calls ``lazylab.ntk(model, x1[i], x2)``; ``diagonal()`` per-example gradient norms.
-    The model runs in eval mode in its own dtype (use float64 for tight solves).
+    The model runs in eval mode in its own dtype (use float64 for tight solves) on its device;
+    products, rows and the diagonal come back as float64 on the caller's (CPU) side.
     """
 
     def __init__(self, model: torch.nn.Module, x1: Tensor, x2: Tensor | None = None, *,
@@ -124,10 +125,10 @@ class NTKOperator:
 
     def _cotangents(self, v: Tensor, lo: int, hi: int) -> Tensor:
         """Output cotangents ``(k, hi - lo, O)`` of batch ``lo:hi`` from ``V``'s columns."""
-        dt = self.problem.dtype
+        dt, dev = self.problem.dtype, self.problem.device
         if self.output == "trace":
-            return v[lo:hi].T.to(dt)[:, :, None].expand(-1, -1, self.o)
-        return v[lo * self.o:hi * self.o].T.to(dt).reshape(v.shape[1], hi - lo, self.o)
+            return v[lo:hi].T.to(dev, dt)[:, :, None].expand(-1, -1, self.o)
+        return v[lo * self.o:hi * self.o].T.to(dev, dt).reshape(v.shape[1], hi - lo, self.o)
 
     def matmul(self, v: Tensor) -> Tensor:
         from torch.func import jvp, vjp, vmap
@@ -146,7 +147,7 @@ class NTKOperator:
                 xb = self.x1[lo:lo + bs]
                 kv = vmap(lambda t, xb=xb: jvp(lambda q: f(q, xb), (p,), (t,))[1])(g)  # (k, b, O)
                 out.append(kv.sum(-1) if self.output == "trace" else kv.reshape(kv.shape[0], -1))
-        return torch.cat(out, 1).T.to(F64)
+        return torch.cat(out, 1).T.to(v.device, F64)
 
     def rows(self, idx: Tensor) -> Tensor:
         from lazylab.ntk import ntk
@@ -154,7 +155,7 @@ class NTKOperator:
         oo = self.o if self.output == "full" else 1
         ex, a = idx // oo, idx % oo
         k = ntk(self.model, self.x1[ex], self.x2, output=self.output, params=self.params_spec,
-                progress=False).to(F64)
+                progress=False).to("cpu", F64)
         if self.output == "trace":
             return k
         return k[torch.arange(len(idx)), :, a, :].reshape(len(idx), -1)
@@ -171,7 +172,7 @@ class NTKOperator:
                 jac = vmap(jacrev(pr.f_single), in_dims=(None, 0))(pr.params, x[lo:lo + bs])
                 sq = sum(j.reshape(j.shape[0], self.o, -1).to(F64).pow(2).sum(-1) for j in jac.values())
                 out.append(sq.sum(1) if self.output == "trace" else sq.reshape(-1))
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
 
 @dataclass

@@ -136,4 +136,6 @@ def test_killed_worker_costs_only_its_tiles(client, monkeypatch):
     assert victim not in client.scheduler_info()["workers"]  # that worker really died
     assert (result["k"] - ref).abs().max() < 1e-12
     runs = [t for t in ts.data if str(t["key"]).startswith("lazylab-ntk-")]
-    assert 36 <= len(runs) <= 36 + 3  # finished tiles were not recomputed; no restart from scratch
+    # only tiles in flight on, or finished but not yet gathered from, the dead worker are rerun
+    print(f"tile tasks run for 36 tiles with one worker killed: {len(runs)}")
+    assert 36 <= len(runs) <= 36 + 6

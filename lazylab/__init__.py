@@ -10,6 +10,8 @@ Library (tensor in, tensor out):
     train, History                              the trainer                  (lazylab.trainer)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
+    kernel_regression_cg, gradient_flow_krylov, StoredKernel, NTKOperator
+                                                matrix-free solvers       (lazylab.kernel_solvers)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
@@ -50,6 +52,10 @@ _EXPORTS: dict[str, str] = {
     "kernel_regression": "lazylab.kernel_methods",
     "gradient_flow": "lazylab.kernel_methods",
     "max_stable_lr": "lazylab.kernel_methods",
+    "kernel_regression_cg": "lazylab.kernel_solvers",
+    "gradient_flow_krylov": "lazylab.kernel_solvers",
+    "StoredKernel": "lazylab.kernel_solvers",
+    "NTKOperator": "lazylab.kernel_solvers",
     # diagnostics
     "diagnose": "lazylab.diagnosis",
     "alpha_crossover": "lazylab.diagnosis",
@@ -61,8 +67,8 @@ _EXPORTS: dict[str, str] = {
 
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
-    "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
-    "checks",
+    "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis",
+    "risks", "lab", "checks",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -162,6 +162,8 @@ def ntk(
     accumulate_dtype: torch.dtype | None = None,
     progress: bool | None = None,
     output_fn: fn.OutputFn = None,
+    out: str | None = None,
+    client: object | None = None,
 ) -> Tensor:
     """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
 
@@ -195,6 +197,11 @@ def ntk(
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
         output_fn: which output of a model returning a tuple/dict/``ModelOutput`` is ``f``
             (:func:`lazylab.functional.select_output`; default: a tensor, or ``"logits"``).
+        out: path of a ``.npy`` file: the kernel is written tile by tile into it (memory-mapped;
+            resumable after an interruption) and returned as a tensor over the file
+            (:mod:`lazylab.ntk.out_of_core`).
+        client: run the tiles on Dask: a ``distributed.Client``, ``"dask://HOST:PORT"``, or an
+            int ``n`` for a ``LocalCluster`` of ``n`` workers (:mod:`lazylab.ntk.distributed`).
 
     Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
     batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
@@ -266,12 +273,19 @@ def ntk(
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
         split = 8 if symmetric and b >= n1 >= 64 and _contraction(
             method, problem, st, n1, o, output) > SPLIT_WORK else 1
+        if block_size is None and (out is not None or client is not None):
+            from lazylab.ntk.tile_jobs import tile_cap
+            b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
         if method == "structured":
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
                                              chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
+        if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
+            from lazylab.ntk.tile_jobs import run_tiles
+            return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
+                             problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress, split)
 

@@ -7,7 +7,7 @@ unit sphere, no biases, output scale 1 (``scaling = 1``). Built as
 
 Scale mapping: this net is 2-positively homogeneous in its weights, so initialising with std ``tau``
 equals ``tau^2 * h(w0 / tau)``: the paper's init scale ``tau`` plays the role of ``alpha = tau^2``
-(PAPERS.md 1.1, "Homogeneous models"). The paper changes the scale through ``tau`` (``scaling = 1``),
+(docs/papers.md §1.1). The paper changes the scale through ``tau`` (``scaling = 1``),
 and so do we; ``lazylab.lazy`` is used where the paper uses an explicit ``alpha`` (chizat-width,
 chizat-rates).
 

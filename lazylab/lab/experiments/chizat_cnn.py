@@ -1,7 +1,7 @@
 """``chizat-cnn``: accuracy of a centered CNN trained with the loss scaled by 1/alpha^2, vs alpha.
 
 Chizat, Oyallon & Bach (2019), Sec 3.2, Fig 3(a), Fig 7(a) and the Fig 3(b) table (see
-/work/shared/PAPERS.md E1.5, E1.6, App C.2). Model: the centered, rescaled network
+docs/papers.md, Chizat §1.2). Model: the centered, rescaled network
 ``alpha * (h(w, x) - h(w0, x))`` (``lazylab.lazy(net, alpha, center="copy")``), trained by SGD
 (momentum 0.9, batch 128, standard augmentation) on ``R(alpha h) / alpha^2`` with the learning rate
 ``eta0 / (1 + beta * epoch)``. For large alpha the training is lazy: the net stays near its
@@ -38,7 +38,7 @@ import numpy as np
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
 
 PAPER_ALPHAS = [10.0**k for k in range(8)]
-# Fig 3(a) read off the figure (PAPERS.md 1.3 [F]); Fig 3(b) table (PAPERS.md 1.3 [P]).
+# Fig 3(a) read off the figure (docs/papers.md §1.2 [F]); Fig 3(b) table (docs/papers.md §1.2 [P]).
 PAPER_FIG3A = {"test_acc_alpha1": (0.88, 0.89), "plateau_test_acc": 0.55, "plateau_train_acc": 0.53}
 PAPER_FIG3B = {  # (model, alpha) -> (train acc, test acc)
     ("vgg11", 1.0): (0.999, 0.897), ("resnet18", 1.0): (0.994, 0.910),
@@ -73,7 +73,7 @@ class ChizatCNNConfig:
 
 
 def resolve_fig3b(cfg: ChizatCNNConfig) -> ChizatCNNConfig:
-    """The Fig 3(b) settings of the paper (PAPERS.md E1.6) for ``cfg.model`` and ``cfg.alpha``:
+    """The Fig 3(b) settings of the paper (docs/papers.md §1.2, Fig 3(b)) for ``cfg.model`` and ``cfg.alpha``:
     channels x8 (VGG-11) / x7 (ResNet-18), init weights x1.3 / x1.2 (Xavier gain), batch 8,
     cross-entropy / alpha^2, eta0 = 0.01 for alpha = 1 ("standard") and 1.0 otherwise
     ("linearized", alpha = 1e7)."""

@@ -1,6 +1,6 @@
 """``chizat-kernel-limit``: the tangent kernel of a wide two-layer ReLU net vs its m -> inf limit.
 
-Chizat, Oyallon & Bach (2019), App A.2, eq. (8) and Fig 4 (PAPERS.md 1.1 and check 1.4.4).
+Chizat, Oyallon & Bach (2019), App A.2, eq. (8) and Fig 4 (docs/papers.md §1.1).
 Model ``f_m(w, x) = m^{-1/2} sum_j b_j relu(a_j . x)`` (inputs *not* scaled by 1/sqrt(d)), all
 parameters N(0, 1) (so ``E b^2 = 1``, ``E ||a||^2 = d``), x on the unit sphere of R^d, d = 10.
 Its tangent kernel ``k_m = k_m^(a) + k_m^(b)`` with

@@ -15,7 +15,7 @@ batches, step, loss scale), and every ``track_every`` steps we record
 Theorem 2.2 (``h(w0) = 0``, finite horizon): ``sup_w = O(1/alpha)``, ``sup_f = O(1/alpha)``,
 ``sup_p = O(1/alpha^2)``: log-log slopes -1, -1, -2. With the symmetrized model the second-order
 term of ``h(w_a) - h(w_b)`` cancels (``w_a - w0 = -(w_b - w0)`` to first order), so the function gap
-falls faster than 1/alpha (PAPERS.md 1.4 check 1).
+falls faster than 1/alpha (docs/papers.md §1.1 [D]).
 
 Cost of one cell: ``steps`` GD steps on n points, each about 3-4 forwards of O(n d m) (model, its
 centering copy, the linearized twin's jvp).

@@ -1,6 +1,6 @@
 """``chizat-scale``: test loss vs the init scale tau (Chizat, Oyallon & Bach 2019, Fig 1(c)).
 
-Task (``test_vs_scale.jl``, PAPERS.md E1.2): inputs uniform on the unit sphere of R^d (d = 100),
+Task (``test_vs_scale.jl``, docs/papers.md §1.2): inputs uniform on the unit sphere of R^d (d = 100),
 ReLU teacher with m0 = 3 unit-norm units and output weights +-1, n = 1000 train and 1000 test points.
 Student: ``f(x) = sum_j a_j relu(<b_j, x>)``, m = 50, symmetrized init (``h(w0) = 0``) with every
 weight ``tau * N(0, 1)``; full-batch GD on ``(1/2n) sum_i (f(x_i) - y_i)^2`` (lazylab's ``mse``) with
@@ -13,7 +13,7 @@ steps). In the cell whose ``tau == lin_tau`` the linearized model ``lazylab.line
 is trained the same way too: for tau >= sqrt(c / cap) its function-space dynamics do not depend on tau
 (tangent kernel ∝ tau^2, step ∝ 1/tau^2), so one run per trial is the lazy-limit reference.
 
-Paper's numbers (PAPERS.md 1.3, read off Fig 1(c), in units of 1000 x test loss): ≈ 0 for
+Paper's numbers (docs/papers.md §1.2, read off Fig 1(c), in units of 1000 x test loss): ≈ 0 for
 tau <= 0.01, steep rise over [0.03, 0.5], plateau for tau >= 1 at ≈ 3.1 (end) and ≈ 1.95 (best).
 
 Cost of one cell: ``steps`` GD steps of O(n d m) (x ~3.5 for the linearized run).

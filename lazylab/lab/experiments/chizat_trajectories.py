@@ -1,7 +1,7 @@
 """``chizat-trajectories``: 2-D teacher-student neuron dynamics (Chizat, Oyallon & Bach 2019,
 Fig 1(a)(b) and App C.1 Fig 6).
 
-Task (``illustration.jl``, PAPERS.md E1.1): inputs uniform on the unit circle (d = 2), ReLU teacher
+Task (``illustration.jl``, docs/papers.md §1.2): inputs uniform on the unit circle (d = 2), ReLU teacher
 ``f*(x) = sum_k a*_k relu(<u_k, x>)`` with m0 = 3 unit directions ``u_k`` and ``a*_k = +-1``
 (so ``||a*_k u_k|| = 1``), n train points. Student ``f(x) = sum_j a_j relu(<b_j, x>)`` (m units, no
 biases, output scale 1) initialised as in the code: rows ``b_j`` uniform on the circle, ``a_j ~ U[0,1]``,

@@ -1,7 +1,7 @@
 """``chizat-width``: test loss vs width m for alpha(m) = 1/sqrt(m) vs 1/m (Chizat, Oyallon & Bach 2019,
 Fig 2(a)).
 
-Task (``test_vs_m.jl``, PAPERS.md E1.3): inputs uniform on the unit sphere of R^d (d = 100), ReLU teacher
+Task (``test_vs_m.jl``, docs/papers.md §1.2): inputs uniform on the unit sphere of R^d (d = 100), ReLU teacher
 with m0 = 3 unit-norm units, output weights +-1, outputs multiplied by 100; n = 1000 train and test.
 Student ``h(w, x) = sum_j a_j relu(<b_j, x>)`` with every weight N(0, 1) (not symmetrized), trained as
 ``lazylab.lazy(h, alpha(m), center="none")`` = ``alpha h`` on the objective ``R(alpha h) / alpha^2``

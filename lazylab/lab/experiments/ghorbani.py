@@ -24,7 +24,7 @@ the cell's initialization (:mod:`lazylab.risks`: RF and NT depend on W, NN only 
 population risk of the SGD-trained model, exact for the quadratic activation (the trained function is a
 quadratic form, read off by ``torch.func``: :func:`lazylab.risks.model_risk`) and by Monte Carlo on
 ``n_test`` fresh points for ReLU; (c) the asymptotic curves :func:`lazylab.risks.exp_target_limits`
-(derived in /work/shared/PAPERS.md Sec. 2.1 [D], not quoted from the paper, whose body was not available).
+(our derivation, docs/papers.md §2.3 [D], not quoted from the paper, whose body was not available).
 
 Deviation from the code: the second layer starts at ``a_j = +-1`` (random signs) instead of ``N(0, 1)``
 (NT) or a common ``a = 0`` (NN, ``constant_a``). The NT class is the same for any ``a0`` with non-zero
@@ -397,7 +397,7 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
         "gamma ~ Exp(1) (the official code's target). Exact optimum: least squares in the space of "
         "quadratic forms (lazylab.risks; RF/NT at the cell's own random W). SGD: population training "
         "(fresh batch each step), risk of the trained model computed exactly (quadratic activation) or "
-        "by Monte Carlo (ReLU). Theory curves: d→∞ limits derived in /work/shared/PAPERS.md Sec. 2.1 "
+        "by Monte Carlo (ReLU). Theory curves: d→∞ limits of our derivation (docs/papers.md §2.3) "
         "[D] (the paper's body was not available), verified against finite-d exact risks in "
         "tests/test_risks.py. Check (a) against theory applies at d >= 200 only (issue 7); at smaller d "
         "the deviation is reported as a metric. With short runs SGD stops above the optimum; NT near "

@@ -1,5 +1,5 @@
 """``loo-ntk-evolution``: Loo, Hasani, Amini & Rus (2022), "Evolution of Neural Tangent Kernels under
-Benign and Adversarial Training" (see /work/shared/PAPERS.md Sec 4).
+Benign and Adversarial Training" (see docs/papers.md §4).
 
 Phase 1: train a network with standard SGD (``phase1="standard"``) or with L-inf PGD adversarial
 training (``phase1="adversarial"``; Loo et al.'s schedule: per batch one clean SGD step, then one
@@ -304,7 +304,7 @@ def report(df, base: LooConfig) -> Report:
     notes = (
         "Loo et al. (2022) report, for ResNet-18 on CIFAR-10 (eps = 4/255, PGD-20 training, "
         "PGD-100 evaluation), 76.1% PGD robust accuracy for adversarial training on a fixed kernel "
-        "(AA); the other numbers of the paper were not available to us (PAPERS.md Sec 4.3). "
+        "(AA); the other numbers of the paper were not available to us (docs/papers.md §4). "
         "Kernel distance and velocity follow Fort et al. (2020) as the paper says it does; the "
         "alignment uses centered one-hot targets. The quick preset is a small CPU analogue "
         "(sklearn digits, 2-hidden-layer MLP), so only the qualitative claims are checked: the "

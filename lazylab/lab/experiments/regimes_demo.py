@@ -6,7 +6,7 @@ Student: ``lazylab.TwoLayerNet(d, m)`` (NTK scaling, ReLU, no biases) wrapped as
 descent on ``(1/alpha^2) * (1/2N) sum_i (f(x_i) - y_i)^2`` (Chizat, Oyallon & Bach 2019, eq. 2).
 Records per tracked step: train/test loss and the relative weight change ``||w - w0|| / ||w0||``.
 
-Theory (Chizat et al. 2019, Thm 2.2; see /work/shared/PAPERS.md Sec 1.1): with ``h(w0) = 0``
+Theory (Chizat et al. 2019, Thm 2.2; see docs/papers.md §1.1): with ``h(w0) = 0``
 (centering), ``sup_{t<=T} ||w_alpha(t) - w0|| = O(1/alpha)`` and the function-space trajectories
 converge to the linearized model's as ``alpha -> inf`` (gap ``O(1/alpha)``). The report checks
 the log-log slope of the final relative weight change against alpha (target -1) and that the

@@ -1,5 +1,5 @@
 """``wang-lazy-attack``: Wang, Ullah, Mianjy & Arora (2022), "Adversarial Robustness is at Odds with
-Lazy Training" (see /work/shared/PAPERS.md Sec 5; protocol from the authors' code).
+Lazy Training" (see docs/papers.md §5; protocol from the authors' code).
 
 Network (authors' code): ``f(x) = sum_s a_s relu(w_s . x + b_s) + b_out`` with ``w_s, b_s ~ N(0, 1)``
 trained, ``a_s, b_out = +-1/sqrt(m)`` random signs, frozen (``TwoLayerNet(d, m, scaling=1/sqrt(m),
@@ -246,7 +246,7 @@ def report(df, base: WangConfig) -> Report:
     figs["wang_lazy_attack"] = fig
     notes = (
         "Wang et al. (2022) prove that lazily trained two-layer ReLU nets are fooled by a single "
-        "gradient step of size O(1/sqrt(d)) relative to ||x|| (PAPERS.md Sec 5; the paper's figure "
+        "gradient step of size O(1/sqrt(d)) relative to ||x|| (docs/papers.md §5; the paper's figure "
         "values were not available to us, so only the scaling and the direction of the radius effect "
         "are checked). Synthetic data: the true margin is margin*||x||, far larger than the measured "
         "delta for large d. Images: digits are resized from 8x8, so d > 64 adds no information; the "

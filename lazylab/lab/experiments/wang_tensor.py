@@ -1,7 +1,7 @@
 """``wang-tensor``: over-parameterized tensor decomposition, lazy vs beyond lazy (Wang et al. 2020).
 
 Wang, Wu, Lee, Ma & Ge, "Beyond Lazy Training for Over-parameterized Tensor Decomposition"
-(NeurIPS 2020; /work/shared/PAPERS.md Sec 3). The paper has no experiments and no code; this
+(NeurIPS 2020; docs/papers.md §3). The paper has no experiments and no code; this
 experiment checks its claims numerically on ``T* = sum_{k<=r} c*_k u*_k^{(x)3}`` fitted by
 ``T = sum_{i<=m} c_i u_i^{(x)3}`` (``lazylab.tensor``).
 
@@ -294,7 +294,7 @@ def report(df, base: WangTensorConfig) -> Report:
             metrics[f"seconds_total_{meth}"] = float(sub["seconds"].sum())
     notes = (
         "Wang, Wu, Lee, Ma & Ge (NeurIPS 2020) report no experiments and no code; these checks "
-        "are the paper's claims made numerical (PAPERS.md Sec 3.4). (a) the lazy/NTK tangent space "
+        "are the paper's claims made numerical (docs/papers.md §3). (a) the lazy/NTK tangent space "
         "at a random init has dimension <= m·d, so a rank-1 target can be fitted only once "
         "m·d >= dim Sym³ = C(d+2, 3) ~ d³/6, i.e. m = Ω(d²). (b) `lazy` is the exact least-squares "
         "fit in the tangent space at the plain-GD init (the t→∞ limit of training "

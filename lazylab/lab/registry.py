@@ -117,7 +117,7 @@ class Check:
             "source": self.source,
             "mean": _plain(self.mean),
             "sd": _plain(self.sd),
-            "n": self.n,
+            "n": None if self.n is None else int(self.n),
             "note": self.note,
         }
 

@@ -307,3 +307,43 @@ def test_cell_threads_sets_and_restores():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(prev)
+
+
+# ----------------------------------------------------------------------------- negative controls
+def _scale_run(taus, steps, lin_tau=1.0, seeds=(0, 1, 2)):
+    rows = []
+    for seed in seeds:
+        for tau in taus:
+            cfg = chizat_scale.ChizatScaleConfig(seed=seed, tau=tau, d=10, m=20, n_train=60,
+                                                 n_test=100, steps=steps, lin_tau=lin_tau,
+                                                 track_every=10, dtype="float64")
+            (r,) = chizat_scale.run_cell(cfg, CTX)
+            rows.append({**r, "tau": tau, "seed": seed, "cell_id": f"{tau}-{seed}"})
+    return pd.DataFrame(rows)
+
+
+def test_scale_claims_fail_on_an_untrained_net():
+    """Negative control: with no training every tau gives the zero predictor's loss, so the
+    plateau/small-tau ratio, the rise and the paper's values must all fail."""
+    df = _scale_run((0.01, 0.0316, 0.5, 1.0), steps=0)
+    rep = chizat_scale.report(df, chizat_scale.ChizatScaleConfig(paper_checks=True))
+    got = {c.name.split(" (")[0].split(":")[0]: c for c in rep.checks}
+    for name in ("plateau", "rise starts", "rise done", "small tau", "plateau end test loss, 1000x",
+                 "plateau best test loss, 1000x"):
+        key = next(k for k in got if k.startswith(name))
+        assert not got[key].passed and got[key].verdict == "not reproduced", key
+        assert got[key].n == 3  # measured on each of the 3 trials
+    assert got["plateau"].value == pytest.approx(1.0)
+
+
+def test_scale_claims_fail_in_the_wrong_regime():
+    """Negative control on trained nets (d = 10, m = 20): 'plateau = linearized model' judged on
+    a feature-learning scale (tau = 0.1 taken as the plateau) fails, while at tau = 1 it holds
+    (the linearized model's function-space path does not depend on tau)."""
+    df = _scale_run((0.1, 1.0), steps=200, lin_tau=0.1)
+    lazy_rep = chizat_scale.report(df, chizat_scale.ChizatScaleConfig(plateau_tau=1.0))
+    lin = next(c for c in lazy_rep.checks if "linearized" in c.name)
+    assert lin.passed
+    feat = chizat_scale.report(df[df["tau"] == 0.1], chizat_scale.ChizatScaleConfig(plateau_tau=0.1))
+    lin_f = next(c for c in feat.checks if "linearized" in c.name)
+    assert not lin_f.passed and lin_f.value > 0.5

@@ -347,3 +347,20 @@ def test_scale_claims_fail_in_the_wrong_regime():
     feat = chizat_scale.report(df[df["tau"] == 0.1], chizat_scale.ChizatScaleConfig(plateau_tau=0.1))
     lin_f = next(c for c in feat.checks if "linearized" in c.name)
     assert not lin_f.passed and lin_f.value > 0.5
+
+
+def test_width_claims_fail_on_untrained_nets():
+    """Negative control: untrained nets (steps = 0) of either scaling predict ~0 against a teacher
+    scaled by 100, so the 1/sqrt(m)-over-1/m ratio and the rise with m are ~1 and must fail."""
+    recs = []
+    for seed in (0, 1, 2):
+        for m in (4, 64):
+            for sc in ("sqrt", "mean_field"):
+                cfg = chizat_width.ChizatWidthConfig(m=m, scaling=sc, d=10, n_train=20, n_test=50,
+                                                     steps=0, n_track=1, seed=seed)
+                recs += [{"m": m, "scaling": sc, "seed": seed, "cell_id": f"{sc}{m}-{seed}", **r}
+                         for r in chizat_width.run_cell(cfg, CTX)]
+    rep = chizat_width.report(pd.DataFrame(recs), chizat_width.ChizatWidthConfig(ratio_target=2.0))
+    assert len(rep.checks) == 2 and all(c.n == 3 for c in rep.checks)
+    assert not any(c.passed for c in rep.checks), [(c.name, c.value) for c in rep.checks]
+    assert rep.checks[0].value == pytest.approx(1.0, abs=0.2)

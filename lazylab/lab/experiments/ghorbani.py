@@ -320,7 +320,7 @@ def _exact_claims(q) -> list[Check]:
         lo = float(_rf_limit(rf["rho"]).min())
         hi = float(_rf_limit(rf["rho"]).max())
         checks.append(check(f"(a) RF exact risk stays at its limit for rho >= 1 (theory "
-                            f"{lo:.3g}-{hi:.3g}; max |exact - limit|)", None, 0.05, op="<=",
+                            f"{lo:.3f}-{hi:.3f}; max |exact - limit|)", None, 0.05, op="<=",
                             seeds=dev, source=SRC_D + "; RF = (1 + 1/(1+rho))/2"))
     return checks
 

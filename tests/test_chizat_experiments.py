@@ -364,3 +364,26 @@ def test_width_claims_fail_on_untrained_nets():
     assert len(rep.checks) == 2 and all(c.n == 3 for c in rep.checks)
     assert not any(c.passed for c in rep.checks), [(c.name, c.value) for c in rep.checks]
     assert rep.checks[0].value == pytest.approx(1.0, abs=0.2)
+
+
+def _traj(tau, steps, lr, seeds=(0, 1, 2)):
+    recs = []
+    for seed in seeds:
+        cfg = chizat_trajectories.ChizatTrajectoriesConfig(tau=tau, steps=steps, lr=lr, n_track=4,
+                                                            seed=seed)
+        recs += [{"tau": tau, "m": 20, "n_train": 15, "symmetric": True, "seed": seed,
+                  "cell_id": f"{tau}-{seed}", **r} for r in chizat_trajectories.run_cell(cfg, CTX)]
+    return pd.DataFrame(recs)
+
+
+def test_trajectory_claims_fail_on_controls():
+    """Negative controls: an untrained net (lr ~ 0) neither interpolates nor moves its neurons,
+    so 'near-zero train loss' and 'non-lazy: shrinks a lot' fail; a feature-learning run
+    (tau = 0.1, 2000 steps) judged as lazy (lazy_tau = 0.05) fails 'hardly shrinks'."""
+    cfg = chizat_trajectories.ChizatTrajectoriesConfig
+    un = chizat_trajectories.report(_traj(0.1, steps=2, lr=1e-12), cfg())
+    assert len(un.checks) == 2 and not any(c.passed for c in un.checks), un.checks
+    assert un.checks[1].value == pytest.approx(1.0, abs=1e-6) and un.checks[1].n == 3
+    feat = chizat_trajectories.report(_traj(0.1, steps=2000, lr=0.05), cfg(lazy_tau=0.05))
+    lazy_claim = [c for c in feat.checks if c.name.startswith("lazy")][0]
+    assert not lazy_claim.passed and lazy_claim.value < 0.6

@@ -387,3 +387,30 @@ def test_trajectory_claims_fail_on_controls():
     feat = chizat_trajectories.report(_traj(0.1, steps=2000, lr=0.05), cfg(lazy_tau=0.05))
     lazy_claim = [c for c in feat.checks if c.name.startswith("lazy")][0]
     assert not lazy_claim.passed and lazy_claim.value < 0.6
+
+
+def test_rates_claims_fail_on_controls():
+    """Negative controls of Thm 2.2's rates: (i) the 'copy'-centered run (second-order term not
+    cancelled) judged as 'symmetric' fails 'function gap faster than 1/alpha' while the real
+    symmetric run passes; (ii) an untrained run (lr ~ 0: nothing moves, every gap is 0) has no
+    slope, so the copy claims fail."""
+    def run(center, lr, seeds=(0, 1, 2)):
+        rows = []
+        for seed in seeds:
+            for a in (1.0, 10.0, 100.0):
+                cfg = chizat_rates.ChizatRatesConfig(alpha=a, center=center, m=10, n=8, steps=20,
+                                                     track_every=5, lr=lr, seed=seed)
+                rows += [{**r, "alpha": a, "center": center, "seed": seed}
+                         for r in chizat_rates.run_cell(cfg, CTX)]
+        return pd.DataFrame(rows)
+
+    sym = run("symmetric", 0.5)
+    faster = [c for c in chizat_rates.report(sym, chizat_rates.ChizatRatesConfig()).checks
+              if "faster" in c.name][0]
+    assert faster.passed and faster.n == 3
+    copy_as_sym = run("copy", 0.5).assign(center="symmetric")
+    bad = [c for c in chizat_rates.report(copy_as_sym, chizat_rates.ChizatRatesConfig()).checks
+           if "faster" in c.name][0]
+    assert not bad.passed and bad.value == pytest.approx(-1.0, abs=0.2)
+    still = chizat_rates.report(run("copy", 1e-300), chizat_rates.ChizatRatesConfig())
+    assert len(still.checks) == 3 and not any(c.passed for c in still.checks)

@@ -17,7 +17,7 @@ Run lazylab's experiments (paper reproductions) with one command.
 
   lazylab list                                   the experiments, one line each
   lazylab run NAME [--preset quick|paper]        run one; prints the path of report.md
-  lazylab report DIR                             rebuild DIR's report from its stored results
+  lazylab report DIR [--set TOL=V]               rebuild DIR's report from its stored results
   lazylab diagnose --model M --data D            how lazy is this run? (see lazylab diagnose -h)
 
 Config: defaults -> the preset's values -> --set key=value. Grid: the preset's sweep plus
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Rebuild summary.json, figures/ and report.md of DIR from "
                                     "DIR/results.sqlite, without training.")
     rp.add_argument("dir", metavar="DIR", help="a run folder (holds results.sqlite)")
+    rp.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                    help="re-judge with another value of a report setting (a tolerance; "
+                         "repeatable); the stored records are not recomputed")
     from lazylab.lab import diagnose_cli  # `lazylab diagnose` (lazylab/lab/diagnose_cli.py)
 
     diagnose_cli.add_parser(sub)
@@ -132,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from lazylab.lab.report import build_report
 
-            print(f"report: {build_report(args.dir)}")
+            print(f"report: {build_report(args.dir, sets=args.set or None)}")
             return 0
         from lazylab.lab.runner import run_experiment
 

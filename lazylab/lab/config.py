@@ -25,6 +25,7 @@ __all__ = [
     "RUN_OPTION_KEYS",
     "ResolvedConfig",
     "canonical_json",
+    "cell_hash",
     "coerce",
     "config_hash",
     "field_types",
@@ -342,3 +343,11 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any, n: int = 12) -> str:
     """First ``n`` hex digits of SHA-256 of :func:`canonical_json` of ``obj``."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def cell_hash(config: dict[str, Any], report_settings: Any = (), n: int = 12) -> str:
+    """The id of a cell: :func:`config_hash` of its config without the keys in
+    ``report_settings`` (settings only the report reads: changing a tolerance must not change
+    which cells exist, so ``lazylab report DIR --set KEY=VALUE`` can re-judge a finished run)."""
+    skip = set(report_settings)
+    return config_hash({k: v for k, v in config.items() if k not in skip}, n)

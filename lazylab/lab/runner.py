@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lazylab.lab.config import ResolvedConfig, resolve
+from lazylab.lab.config import ResolvedConfig, cell_hash, resolve
 from lazylab.lab.environment import collect_environment
 from lazylab.lab.executors import CellsFailedError, make_executor
 from lazylab.lab.registry import get_experiment
@@ -44,7 +44,7 @@ def plan(name: str, preset: str = "quick", set: dict | list | None = None,
         raise ValueError(f"--preset: experiment {name!r} has no preset {preset!r}; "
                          f"presets: {', '.join(exp.presets)}")
     resolved = resolve(exp.config, exp.presets[preset], set, sweep)
-    cells = grid(resolved)
+    cells = grid(resolved, exp.report_settings)
     validate_cells(exp.config, cells)  # ranges, choices, data files: every cell, before any write
     return exp, resolved, cells
 
@@ -104,10 +104,16 @@ def run_experiment(
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     existing = out.is_dir() and any(out.iterdir())
     done: frozenset[str] = frozenset()
+    report_sets: dict[str, Any] = {}
     if resume and store_path.exists():
         with Store.open_readonly(out) as st:
-            st.check_compatible(exp.name, preset, resolved.base, resolved.sweep)
+            st.check_compatible(exp.name, preset, resolved.base, resolved.sweep,
+                                ignore=exp.report_settings)
+            cells = _stored_ids(cells, st.cells(), exp.report_settings)
             done = frozenset(c for c, s in st.cell_status().items() if s == "done")
+            stored = st.meta()["config"]
+        report_sets = {k: resolved.base[k] for k in exp.report_settings
+                       if stored.get(k) != resolved.base.get(k)}
     elif resume and existing:
         raise ValueError(f"--resume: {out} is not empty but has no {STORE_NAME}; "
                          "it is not a lazylab run folder")
@@ -144,7 +150,7 @@ def run_experiment(
                 bar.close()
         finally:
             store.close()
-    path = build_report(out)
+    path = build_report(out, sets=report_sets or None)
     if echo:
         print(f"report: {path}")
     if failed:
@@ -181,6 +187,16 @@ def _missing(out: Path, todo: list[Cell]) -> list[Cell]:
     with Store.open_readonly(out) as st:
         status = st.cell_status()
     return [c for c in todo if status.get(c.id) not in ("done", "failed")]
+
+
+def _stored_ids(cells: list[Cell], stored: list[dict], report_settings: tuple[str, ...]
+                ) -> list[Cell]:
+    """``cells`` with the ids their twins have in the store: a store written before the report
+    settings left the cell ids (their ids hash every key) keeps resuming."""
+    import dataclasses
+
+    by_key = {cell_hash(c["config"], report_settings): c["cell_id"] for c in stored}
+    return [dataclasses.replace(c, id=by_key.get(c.id, c.id)) for c in cells]
 
 
 def _last_summary(records: list[dict]) -> str:

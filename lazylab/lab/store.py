@@ -197,8 +197,12 @@ class Store:
         except (TypeError, ValueError) as e:
             raise _unreadable(self.path, e) from None
 
-    def check_compatible(self, experiment: str, preset: str, config: dict, sweep: dict) -> None:
-        """Raise IncompatibleStoreError unless this store is the same run (for ``--resume``)."""
+    def check_compatible(self, experiment: str, preset: str, config: dict, sweep: dict,
+                         ignore: tuple[str, ...] = ()) -> None:
+        """Raise IncompatibleStoreError unless this store is the same run (for ``--resume``).
+
+        Keys in ``ignore`` (the experiment's report settings) may differ: they do not change
+        the cells."""
         m = self.meta()
         where = self.path.parent
         if m["experiment"] != experiment:
@@ -206,10 +210,10 @@ class Store:
                 f"--resume: {where} holds experiment {m['experiment']!r}, not {experiment!r}; "
                 "use a new --out")
         diffs = [f"{k}: stored {m['config'].get(k)!r} != requested {v!r}"
-                 for k, v in config.items() if canonical_json(m["config"].get(k)) !=
-                 canonical_json(v)]
+                 for k, v in config.items() if k not in ignore
+                 and canonical_json(m["config"].get(k)) != canonical_json(v)]
         for k, v in m["config"].items():
-            if k in config:
+            if k in config or k in ignore:
                 continue
             if k in RUN_OPTION_KEYS:
                 diffs.append(f"{k}: stored {v!r} as a config key, which is now the run option "
@@ -221,7 +225,11 @@ class Store:
             diffs.append(f"sweep: stored {m['sweep']} != requested {sweep}")
         if m["preset"] != preset:
             diffs.append(f"preset: stored {m['preset']!r} != requested {preset!r}")
-        if diffs or m["hash"] != run_hash(experiment, config, sweep):
+        same = {k: v for k, v in config.items() if k not in ignore}
+        stored = {k: v for k, v in m["config"].items() if k not in ignore}
+        if diffs or (m["hash"] != run_hash(experiment, config, sweep)
+                     and run_hash(experiment, stored, m["sweep"])
+                     != run_hash(experiment, same, sweep)):
             raise IncompatibleStoreError(
                 f"--resume: {where} was run with another config of {experiment!r} ("
                 + "; ".join(diffs or ["config hash differs"]) + "); use a new --out")

@@ -11,6 +11,9 @@ Library (tensor in, tensor out):
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
+    parametrize, param_groups                   SP/NTK/MF/muP for any module (lazylab.parametrize)
+    coord_check, regime_map                     which layers are lazy?       (lazylab.coord_check,
+                                                                              lazylab.regime_map)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
@@ -50,6 +53,13 @@ _EXPORTS: dict[str, str] = {
     # diagnostics
     "diagnose": "lazylab.diagnosis",
     "alpha_crossover": "lazylab.diagnosis",
+    # per-layer regimes, parametrizations, transitions
+    "parametrize": "lazylab.parametrize",
+    "param_groups": "lazylab.parametrize",
+    "coord_check": "lazylab.coord_check",
+    "regime_map": "lazylab.regime_map",
+    "RegimeMap": "lazylab.regime_map",
+    "TinyTransformer": "lazylab.transformer",
     # lab
     "load_results": "lazylab.lab",
     "run_experiment": "lazylab.lab",
@@ -59,6 +69,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
+    "transitions", "layer_plots", "transformer",
 }
 
 __all__ = sorted(_EXPORTS)

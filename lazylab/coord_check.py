@@ -16,6 +16,8 @@ Cost: ``len(widths) * len(seeds) * (steps + 1)`` forward passes on ``X`` plus ``
 
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,3 +151,14 @@ def width_exponents(df: Any, value: str = "delta_rms", step: int | None = None) 
         p, se = fit_exponent(s.index.get_level_values("width"), s.to_numpy())
         rows.append({"layer": layer, "role": role, "exponent": p, "se": se})
     return pd.DataFrame(rows)
+
+
+class _CallableModule(_types.ModuleType):
+    """``lazylab.coord_check`` is both this module and the function (the package attribute becomes the
+    module once it is imported, so the module forwards calls to the function)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return coord_check(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

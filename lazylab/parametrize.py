@@ -48,6 +48,8 @@ is ``<module>.parametrizations.<name>.original``. Cost: one pass over the parame
 from __future__ import annotations
 
 import math
+import sys as _sys
+import types as _types
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,3 +334,14 @@ def make_optimizer(model: nn.Module, lr: float, optimizer: str = "sgd", **kwargs
     cls = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
     return cls(groups, lr=lr, **kwargs)
 
+
+
+class _CallableModule(_types.ModuleType):
+    """``lazylab.parametrize`` is both this module and the function (the package attribute becomes the
+    module once it is imported, so the module forwards calls to the function)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return parametrize(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -60,6 +60,10 @@ _EXPORTS: dict[str, str] = {
     "regime_map": "lazylab.regime_map",
     "RegimeMap": "lazylab.regime_map",
     "TinyTransformer": "lazylab.transformer",
+    "DepartureTime": "lazylab.transitions",
+    "Catapult": "lazylab.transitions",
+    "EdgeOfStability": "lazylab.transitions",
+    "SilentAlignment": "lazylab.transitions",
     # lab
     "load_results": "lazylab.lab",
     "run_experiment": "lazylab.lab",

@@ -285,6 +285,7 @@ def diagnose(
     n_probe: int = 64,
     n_snapshots: int = 15,
     kappa: bool = True,
+    transitions: bool = False,
     thresholds: Mapping[str, float] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -300,7 +301,9 @@ def diagnose(
     the tangent kernel at ``n_snapshots`` log-spaced steps (:class:`lazylab.track.KernelTracker`),
     ``||f - f_lin|| / ||f_lin||`` (:class:`lazylab.track.LinearizedTwin`), the relative weight change
     and, for ReLU networks, the stability of activations; kappa (Chizat et al. eq. 1) at init on the
-    probe points. The verdict follows :func:`verdict_from` with ``thresholds`` (default
+    probe points. ``transitions=True`` adds :mod:`lazylab.transitions` detectors on the probe
+    (``departure_step``, ``eta_lambda0``, ``catapult`` in ``numbers``). The verdict follows
+    :func:`verdict_from` with ``thresholds`` (default
     :data:`THRESHOLDS`). The caller's ``model`` is not modified.
 
     Cost: the training run, about twice again for the twin, plus ``n_snapshots`` NTKs of
@@ -335,6 +338,10 @@ def diagnose(
     inner = run_model.model if isinstance(run_model, Lazy) else run_model
     if _has_relu(inner):
         trackers.append(_ActivationStability(px))
+    if transitions:  # detectors of lazylab.transitions (departure from the kernel regime, catapult)
+        from lazylab.transitions import Catapult, DepartureTime
+        every = max(steps // n_snapshots, 1)
+        trackers += [DepartureTime(px, every=every), Catapult(px, every=every)]
     torch.manual_seed(seed)
     hist = train(run_model, (X, y), test_data=test_data, loss=loss, optimizer=optimizer, lr=lr,
                  steps=steps, batch_size=batch_size, trackers=trackers, seed=seed, device=device,
@@ -353,6 +360,9 @@ def diagnose(
     for key in ("kernel_kta", "kernel_eff_rank"):
         if key in first:
             numbers[f"{key}_init"] = float(first[key])
+    if transitions:
+        numbers.update({k: float(v) for k, v in trackers[-2].result().items() if k == "departure_step"})
+        numbers.update({k: float(trackers[-1].result()[k]) for k in ("eta_lambda0", "catapult")})
     numbers["train_loss_init"] = float(hist.records[0]["train_loss"])
     numbers["steps"] = float(hist.steps)
     l0, l1 = numbers["train_loss_init"], numbers["train_loss"]

@@ -175,3 +175,14 @@ def test_bad_input():
         Catapult(every=0)
     with pytest.raises(ValueError, match="probe_y"):
         SilentAlignment(torch.zeros(4, 3), torch.zeros(3))
+
+
+def test_diagnose_reports_transition_numbers():
+    torch.manual_seed(0)
+    X = torch.randn(32, 5)
+    y = torch.sign(X[:, 0])
+    net = TwoLayerNet(5, 64)
+    r = lazylab.diagnose(net, (X, y), steps=20, lr=0.5, n_probe=32, kappa=False, transitions=True)
+    lam = ntk_top_eigenvalue(net, X[torch.randperm(32, generator=torch.Generator().manual_seed(0))])
+    assert r.numbers["eta_lambda0"] == pytest.approx(0.5 * lam, rel=1e-5)
+    assert r.numbers["catapult"] == 0.0 and "departure_step" in r.numbers

@@ -109,6 +109,8 @@ def _kernels(model: nn.Module, x: Tensor, layers: Sequence[str], method: str) ->
 
 
 def _rel(a: Tensor, b: Tensor, ord: Any = "fro") -> float:
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")  # a diverged run
     den = torch.linalg.matrix_norm(b, ord=ord) if ord != "vec" else b.norm()
     num = torch.linalg.matrix_norm(a - b, ord=ord) if ord != "vec" else (a - b).norm()
     return float(num / den) if den > 0 else float("nan")

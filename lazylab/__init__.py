@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "regime_map": "lazylab.regime_map",
     "RegimeMap": "lazylab.regime_map",
     "TinyTransformer": "lazylab.transformer",
+    "lr_sweep": "lazylab.transfer",
     "DepartureTime": "lazylab.transitions",
     "Catapult": "lazylab.transitions",
     "EdgeOfStability": "lazylab.transitions",
@@ -73,7 +74,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
-    "transitions", "layer_plots", "transformer",
+    "transitions", "layer_plots", "transformer", "transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,6 +13,9 @@ Library (tensor in, tensor out):
     kernel_regression_cg, gradient_flow_krylov, StoredKernel, NTKOperator
                                                 matrix-free solvers       (lazylab.kernel_solvers)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
+    parametrize, param_groups                   SP/NTK/MF/muP for any module (lazylab.parametrize)
+    coord_check, regime_map                     which layers are lazy?       (lazylab.coord_check,
+                                                                              lazylab.regime_map)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
@@ -59,6 +62,18 @@ _EXPORTS: dict[str, str] = {
     # diagnostics
     "diagnose": "lazylab.diagnosis",
     "alpha_crossover": "lazylab.diagnosis",
+    # per-layer regimes, parametrizations, transitions
+    "parametrize": "lazylab.parametrize",
+    "param_groups": "lazylab.parametrize",
+    "coord_check": "lazylab.coord_check",
+    "regime_map": "lazylab.regime_map",
+    "RegimeMap": "lazylab.regime_map",
+    "TinyTransformer": "lazylab.transformer",
+    "lr_sweep": "lazylab.transfer",
+    "DepartureTime": "lazylab.transitions",
+    "Catapult": "lazylab.transitions",
+    "EdgeOfStability": "lazylab.transitions",
+    "SilentAlignment": "lazylab.transitions",
     # lab
     "load_results": "lazylab.lab",
     "run_experiment": "lazylab.lab",
@@ -68,7 +83,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis",
-    "risks", "lab", "checks",
+    "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer",
 }
 
 __all__ = sorted(_EXPORTS)

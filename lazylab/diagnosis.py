@@ -157,6 +157,7 @@ def diagnose(
     n_probe: int = 64,
     n_snapshots: int = 15,
     kappa: bool = True,
+    transitions: bool = False,
     thresholds: Mapping[str, float] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -174,7 +175,9 @@ def diagnose(
     the tangent kernel at ``n_snapshots`` log-spaced steps (:class:`lazylab.track.KernelTracker`),
     ``||f - f_lin|| / ||f_lin||`` (:class:`lazylab.track.LinearizedTwin`), the relative weight change
     and, for ReLU networks, the stability of activations; kappa (Chizat et al. eq. 1) at init on the
-    probe points. The verdict follows :func:`verdict_from` with ``thresholds`` (default
+    probe points. ``transitions=True`` adds :mod:`lazylab.transitions` detectors on the probe
+    (``departure_step``, ``eta_lambda0``, ``catapult`` in ``numbers``). The verdict follows
+    :func:`verdict_from` with ``thresholds`` (default
     :data:`THRESHOLDS`). The caller's ``model`` is not modified.
 
     Extensible: ``trackers`` (extra :mod:`lazylab.track`-style trackers, e.g. transition detectors)
@@ -209,11 +212,20 @@ def diagnose(
     inner = run_model.model if isinstance(run_model, Lazy) else run_model
     if _has_relu(inner):
         tracked.append(_ActivationStability(px))
+    detectors: list[Any] = []
+    if transitions:  # detectors of lazylab.transitions (departure from the kernel regime, catapult)
+        from lazylab.transitions import Catapult, DepartureTime
+        every = max(steps // n_snapshots, 1)
+        detectors = [DepartureTime(px, every=every), Catapult(px, every=every)]
+        tracked += detectors
     torch.manual_seed(seed)
     hist = train(run_model, (X, y), test_data=test_data, loss=loss, optimizer=optimizer, lr=lr,
                  steps=steps, batch_size=batch_size, trackers=tracked, seed=seed, device=device,
                  progress=progress, **train_kwargs)
     numbers.update(_final_numbers(hist, kt, extra_keys))
+    if detectors:
+        numbers["departure_step"] = float(detectors[0].result()["departure_step"])
+        numbers.update({k: float(detectors[1].result()[k]) for k in ("eta_lambda0", "catapult")})
     verdict, reasons = verdict_from(numbers["kernel_rel_change"], numbers.get("lin_gap_rel", math.nan), thr)
     config = {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
               "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,

@@ -8,6 +8,7 @@ Library (tensor in, tensor out):
     lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
     TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
     train, History                              the trainer                  (lazylab.trainer)
+                                                over the one training loop   (lazylab.training)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
@@ -60,7 +61,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
-    "checks",
+    "checks", "training",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ Library (tensor in, tensor out):
     lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
     TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
     train, History                              the trainer                  (lazylab.trainer)
+                                                over the one training loop   (lazylab.training)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
     kernel_regression_cg, gradient_flow_krylov, StoredKernel, NTKOperator
@@ -83,7 +84,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis",
-    "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer",
+    "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer", "training",
 }
 
 __all__ = sorted(_EXPORTS)

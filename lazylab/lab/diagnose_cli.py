@@ -351,7 +351,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lazylab.checks import positive_finite, positive_int
-    from lazylab.diagnosis import diagnose
 
     out = Path(args.out) if args.out else Path("runs") / f"diagnose-{time.strftime('%Y%m%d-%H%M%S')}"
     done = check_out(out, getattr(args, "resume", False))  # before any data or training
@@ -362,15 +361,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(positive_int(args.threads, "--threads"))
     if args.alpha is not None:
         positive_finite(args.alpha, "--alpha")  # the dtype's safe range: lazy() below, before training
-    (X, y), test = load_data(args.data, _parse_sets(args.data_set, "--data-set"))
-    torch.manual_seed(args.seed)  # the model's initial weights follow --seed
-    model, X = build_model(args.model, _parse_sets(args.model_set, "--model-set"), X, y)
-    if test is not None and X.dim() == 2:
-        test = (test[0].flatten(1), test[1])
-    rep = diagnose(model, (X, y), test_data=test, alpha=args.alpha, steps=args.steps, lr=args.lr,
-                   loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size,
-                   n_probe=args.probe, n_snapshots=args.snapshots, kappa=not args.no_kappa,
-                   seed=args.seed, device=args.device)
+    _parse_sets(args.model_set, "--model-set")  # one-line errors naming the flag, before any work
+    _parse_sets(args.data_set, "--data-set")
+    from lazylab.lab.experiments.diagnose import DiagnoseConfig, diagnose_cell
+
+    cfg = DiagnoseConfig(seed=args.seed, model=args.model, model_set=";".join(args.model_set),
+                         alpha=args.alpha or 0.0, data=args.data, data_set=";".join(args.data_set),
+                         steps=args.steps, lr=args.lr, loss=args.loss, optimizer=args.optimizer,
+                         batch_size=args.batch_size or 0, probe=args.probe, snapshots=args.snapshots,
+                         kappa=not args.no_kappa)
+    rep = diagnose_cell(cfg, args.device, progress=None)  # the experiment's cell (same numbers)
     from lazylab.lab.diagnosis_render import save
 
     path = save(rep, out)

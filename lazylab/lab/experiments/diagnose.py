@@ -62,8 +62,8 @@ def _sets(text: str, flag: str) -> dict[str, Any]:
     return _parse_sets([t for t in text.split(";") if t.strip()], flag)
 
 
-def run_cell(cfg: DiagnoseConfig, ctx: RunContext) -> list[dict]:
-    """One diagnose run (same model, data and seeds as ``lazylab diagnose`` with these settings)."""
+def diagnose_cell(cfg: DiagnoseConfig, device: str | None = None, progress: bool | None = False) -> Any:
+    """The :class:`~lazylab.diagnosis.DiagnosisReport` of one cell (``lazylab diagnose`` runs this)."""
     import torch
 
     from lazylab.diagnosis import diagnose
@@ -80,12 +80,16 @@ def run_cell(cfg: DiagnoseConfig, ctx: RunContext) -> list[dict]:
     model, X = build_model(cfg.model, ms, X, y)
     if test is not None and X.dim() == 2:
         test = (test[0].flatten(1), test[1])
-    rep = diagnose(model, (X, y), test_data=test, alpha=cfg.alpha or None, steps=cfg.steps,
-                   lr=cfg.lr, loss=cfg.loss, optimizer=cfg.optimizer,
-                   batch_size=cfg.batch_size or None, n_probe=cfg.probe,
-                   n_snapshots=cfg.snapshots, kappa=cfg.kappa, seed=cfg.seed, device=ctx.device,
-                   progress=False)
-    return records(rep)
+    return diagnose(model, (X, y), test_data=test, alpha=cfg.alpha or None, steps=cfg.steps,
+                    lr=cfg.lr, loss=cfg.loss, optimizer=cfg.optimizer,
+                    batch_size=cfg.batch_size or None, n_probe=cfg.probe,
+                    n_snapshots=cfg.snapshots, kappa=cfg.kappa, seed=cfg.seed, device=device,
+                    progress=progress)
+
+
+def run_cell(cfg: DiagnoseConfig, ctx: RunContext) -> list[dict]:
+    """One diagnose run (same model, data and seeds as ``lazylab diagnose`` with these settings)."""
+    return records(diagnose_cell(cfg, ctx.device))
 
 
 def records(rep: Any) -> list[dict]:

@@ -6,12 +6,14 @@ matplotlib) is only imported when one of its names is used.
 
 Library (tensor in, tensor out):
     lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
+    with_output                                 pick a model's output        (lazylab.functional)
     TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
     train, History                              the trainer                  (lazylab.trainer)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
+lazylab.functional (the model as f(params, x): inputs, outputs, forward mode),
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
 Lab (experiments, files, CLI):
@@ -33,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "Lazy": "lazylab.regimes",
     "Linearized": "lazylab.regimes",
     "apply_regime": "lazylab.regimes",
+    "with_output": "lazylab.functional",
     # models
     "TwoLayerNet": "lazylab.models",
     "MLP": "lazylab.models",
@@ -57,7 +60,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = {
-    "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
+    "regimes", "functional", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
     "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
 }
 

@@ -81,6 +81,15 @@ def _check_batchnorm(model: nn.Module, who: str) -> None:
             )
 
 
+def _flagged(t: Tensor) -> Tensor:
+    """``t`` detached and flagged ``requires_grad`` (plain detached inside a torch.func transform,
+    which forbids the flag; there ``h(w0)`` is a constant of the transform anyway)."""
+    try:
+        return t.detach().requires_grad_()
+    except RuntimeError:
+        return t.detach()
+
+
 def _freeze_batchnorm(model: nn.Module) -> None:
     for mod in model.modules():
         if isinstance(mod, _BN_TYPES):
@@ -196,8 +205,7 @@ class Lazy(nn.Module):
         if self.center == "symmetric":
             return self._eval(base, x, self.delta_b)
         with torch.no_grad():
-            flagged = {n: base[n].detach().requires_grad_() if n in self._names else t
-                       for n, t in base.items()}
+            flagged = {n: _flagged(t) if n in self._names else t for n, t in base.items()}
             return self._eval(flagged, x, None)
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:

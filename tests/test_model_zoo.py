@@ -42,7 +42,6 @@ def naive_jacobian(e: zoo.Entry) -> Tensor:
     """``J[n, a, :] = d f(x_n)_a / d w`` (N, O, P) by a loop of autograd.grad calls, eval mode."""
     m = copy.deepcopy(e.model).eval()
     ps = _params(m)
-    rows = []
     with torch.enable_grad():
         return _naive_rows(m, ps, e)
 

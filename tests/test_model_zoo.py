@@ -311,3 +311,8 @@ def test_float32_lstm_linearize_uses_the_double_vjp_fallback() -> None:
             p.add_(0.01)
         want = lin64(x.double())
     assert _rel(got, want) < 1e-5
+    # and every NTK method on the float32 (mkldnn) LSTM agrees with the float64 kernel
+    K64 = lazylab.ntk(m64, x.double(), method="jacobian", output="full")
+    for method in ("jacobian", "ntvp", "structured", "auto"):
+        K = lazylab.ntk(model, x, method=method, output="full")
+        assert _rel(K.double(), K64) < 1e-5, method

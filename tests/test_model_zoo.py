@@ -61,6 +61,7 @@ def _naive_rows(m: nn.Module, ps: list[Tensor], e: zoo.Entry) -> Tensor:
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 

@@ -22,7 +22,9 @@ Optional peers (``pip install -e .[bench]``), timed when importable and checked 
 baseline: nngeometry (``GramMatrix``, its per-layer hook rules, dense ``(O, N, O, N)``) and BackPACK
 (``BatchGrad`` per-example gradients, one backward per output, contracted).
 
-Usage: ``python benchmarks/bench_ntk.py [--quick] [--big] [--repeats R] [--device cuda]``.
+Usage: ``python benchmarks/bench_ntk.py [--quick] [--big] [--repeats R] [--device cuda] [--busy]``.
+``--busy``: a competing 2-thread torch training job runs in another process during the
+measurements (the "busy machine" case: OpenMP regions of small ops stall when a core is taken).
 ``--big``: a 20000 x 20000 traced NTK of the MLP with tiling, reporting time and peak RSS (not
 delta) — the 4 GB target.
 """
@@ -342,6 +344,26 @@ def _fixed_mmap_threshold() -> None:
         pass
 
 
+def _busy_job(threads: int) -> None:
+    """A competing multi-threaded torch job: an MLP trained with SGD on random data, forever."""
+    torch.set_num_threads(threads)
+    net = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(256, 512), torch.randint(0, 10, (256,))
+    while True:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def start_busy(threads: int = 2) -> mp.Process:
+    """Start :func:`_busy_job` in a separate process (terminate it when done)."""
+    proc = mp.get_context("spawn").Process(target=_busy_job, args=(threads,), daemon=True)
+    proc.start()
+    time.sleep(2.0)  # let it start computing
+    return proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on CPU)")
@@ -356,7 +378,10 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=float, default=300.0,
                     help="seconds before an optional peer is stopped (CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--busy", action="store_true",
+                    help="run a competing 2-thread torch training job during the measurements")
     args = ap.parse_args()
+    busy = start_busy() if args.busy else None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -386,6 +411,8 @@ def main() -> None:
             index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     if args.big:
         big(device, args.big_n, args.big_block)
+    if busy is not None:
+        busy.terminate()
 
 
 if __name__ == "__main__":

@@ -226,13 +226,17 @@ def math_attention() -> Iterator[None]:
     depending on ``requires_grad``, so two evaluations of one model would differ in rounding)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    mha = getattr(torch.backends, "mha", None)
+    toggle = mha is not None and hasattr(mha, "set_fastpath_enabled")
+    fast = mha.get_fastpath_enabled() if toggle else None
+    if toggle:
+        mha.set_fastpath_enabled(False)
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
+        if toggle:
+            mha.set_fastpath_enabled(fast)
 
 
 def call(module: nn.Module, state: dict[str, Tensor], x: Inputs,

@@ -121,7 +121,10 @@ def gradient_flow(
     - gradient descent (``lr`` and ``steps`` given; ``t`` ignored): ``e^{-lam t/n}`` becomes
       ``(1 - lr lam / n)^steps`` (exact for a model linear in its parameters).
 
-    ``(1 - e^{-lam t/n}) / lam`` is continued by ``t/n`` (resp. ``steps lr / n``) at ``lam = 0``.
+    ``(1 - e^{-lam t/n}) / lam`` is continued by ``t/n`` (resp. ``steps lr / n``) at ``lam = 0``
+    (``lam <= 1e-13 lam_max``). ``t = inf`` gives the limit, also for a singular ``K``: the
+    minimum-norm solution ``f* = f0* + K(X*, X) K^+ r0`` (pseudo-inverse: the null-space
+    directions of ``K`` get gain 0), training outputs ``y - P_null r0``.
     ``f0`` / ``f0_test``: initial outputs (default 0, e.g. a centered model). Cost: one ``eigh``
     ``O(n^3)`` plus ``O(N* n)``.
 
@@ -142,13 +145,18 @@ def gradient_flow(
     f0v = torch.zeros_like(y) if f0 is None else _targets(k, f0, full)[0]
     lam, v = torch.linalg.eigh(k)
     lam = lam.clamp_min(0.0)
-    if lr is None:
+    tiny = lam <= lam.max() * 1e-13
+    if lr is None and t == float("inf"):
+        # the limit: decay 0 on the range of K, 1 on its null space (those directions never
+        # move), and the minimum-norm gain K^+ (0 on the null space, not t/n = inf)
+        decay = tiny.to(lam.dtype)
+        small = 0.0
+    elif lr is None:
         decay = torch.exp(-lam * t / n)
         small = t / n
     else:
         decay = (1.0 - lr * lam / n) ** steps
         small = steps * lr / n
-    tiny = lam <= lam.max() * 1e-13
     gain = torch.where(tiny, torch.full_like(lam, small), (1 - decay) / torch.where(tiny, 1.0, lam))
     r0 = v.T @ (y - f0v)
     train = y - v @ (decay[:, None] * r0)

@@ -2,6 +2,7 @@
 
 Every function takes ``x1 (N1, d)``, ``x2 (N2, d)`` or None (``x2 = x1``) and returns
 ``(N1, N2)`` in the inputs' dtype (float64 recommended). Cost ``O(N1 N2 (d + depth))``.
+Pairs of identical inputs get the ReLU angle exactly 0 (no ``arccos`` rounding on the diagonal).
 
 Gaussian expectations used (``(u, u')`` centred Gaussian, ``E u^2 = q1``, ``E u'^2 = q2``,
 ``E u u' = c``, ``cos t = c / sqrt(q1 q2)``):
@@ -41,11 +42,27 @@ def _inputs(x1: Tensor, x2: Tensor | None) -> tuple[Tensor, Tensor]:
     return x1, x2.to(x1.dtype)
 
 
-def gaussian_moments(q1: Tensor, q2: Tensor, c: Tensor, activation: str) -> tuple[Tensor, Tensor]:
-    """``(E s(u) s(u'), E s'(u) s'(u'))`` for the covariance ``[[q1, c], [c, q2]]`` (broadcast)."""
+def _same_points(x1: Tensor, x2: Tensor) -> Tensor:
+    """``(N1, N2)`` mask of exactly equal rows (``torch.unique`` over rows: ``O(N d log N)``)."""
+    if x2 is x1:
+        return torch.eye(x1.shape[0], dtype=torch.bool, device=x1.device)
+    _, ids = torch.unique(torch.cat([x1, x2]), dim=0, return_inverse=True)
+    return ids[: x1.shape[0], None] == ids[None, x1.shape[0]:]
+
+
+def gaussian_moments(q1: Tensor, q2: Tensor, c: Tensor, activation: str,
+                     same: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(E s(u) s(u'), E s'(u) s'(u'))`` for the covariance ``[[q1, c], [c, q2]]`` (broadcast).
+
+    ``same``: optional boolean mask (broadcast like ``c``) of pairs that are the same point
+    (``u = u'``). There the ReLU angle is set to exactly 0: ``arccos`` of a cosine rounded just
+    below 1 returns ``sqrt(2 * 1e-16) ~ 1e-8`` instead of 0, an error of that size on the diagonal.
+    """
     if activation == "relu":
         norm = torch.sqrt(q1 * q2).clamp_min(torch.finfo(c.dtype).tiny)
         cos = (c / norm).clamp(-1.0, 1.0)
+        if same is not None:
+            cos = torch.where(same, torch.ones_like(cos), cos)
         t = torch.arccos(cos)
         e = norm * (torch.sin(t) + (math.pi - t) * cos) / (2 * math.pi)
         de = (math.pi - t) / (2 * math.pi)
@@ -94,7 +111,7 @@ def two_layer_ntk(
     q1 = v * (s_in**2 * (x1 * x1).sum(1) + b)[:, None]
     q2 = v * (s_in**2 * (x2 * x2).sum(1) + b)[None, :]
     c = v * (s_in**2 * dot + b)
-    e, de = gaussian_moments(q1, q2, c, activation)
+    e, de = gaussian_moments(q1, q2, c, activation, _same_points(x1, x2))
     k_a = c * de
     k_b = e + b
     return (k_a, k_b) if parts else k_a + k_b
@@ -111,8 +128,9 @@ def _mlp(x1: Tensor, x2: Tensor | None, depth: int, weight_var: float, bias: flo
     q1 = weight_var * (x1 * x1).sum(1)[:, None] / d + bv
     q2 = weight_var * (x2 * x2).sum(1)[None, :] / d + bv
     theta = sig - bv + bias
+    same = _same_points(x1, x2) if depth > 1 else None
     for _ in range(depth - 1):
-        e, de = gaussian_moments(q1, q2, sig, activation)
+        e, de = gaussian_moments(q1, q2, sig, activation, same)
         e1, _ = gaussian_moments(q1, q1, q1, activation)
         e2, _ = gaussian_moments(q2, q2, q2, activation)
         new_sig = weight_var * e + bv

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lazylab import functional as fn
+from lazylab.checks import check_alpha, check_finite_tensors
 from lazylab.functional import OutputFn
 
 __all__ = [
@@ -50,19 +51,15 @@ def _check_module(model: object, arg: str = "model") -> nn.Module:
     return model
 
 
-def _check_alpha(alpha: float) -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
-    if not math.isfinite(a) or a <= 0:
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    return a
-
-
 def trainable_names(model: nn.Module) -> list[str]:
     """Names of the parameters of ``model`` that require grad (shared parameters listed once)."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _in_functorch_transform() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is active around this call."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _key(name: str) -> str:
@@ -79,15 +76,6 @@ def _check_batchnorm(model: nn.Module, who: str) -> None:
                 "Use BatchNorm with running statistics (lazylab then freezes them, eval mode), "
                 "or remove the layer."
             )
-
-
-def _flagged(t: Tensor) -> Tensor:
-    """``t`` detached and flagged ``requires_grad`` (plain detached inside a torch.func transform,
-    which forbids the flag; there ``h(w0)`` is a constant of the transform anyway)."""
-    try:
-        return t.detach().requires_grad_()
-    except RuntimeError:
-        return t.detach()
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -150,7 +138,9 @@ class Lazy(nn.Module):
         self._checked: set[bool] = set()
         if center not in CENTER_MODES:
             raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
-        self.alpha = _check_alpha(alpha)
+        # refused outside the float-precision safe range (lazylab.checks.alpha_range); NaN weights too
+        self.alpha = check_alpha(alpha, next(model.parameters()).dtype, compute_dtype)
+        check_finite_tensors(model.named_parameters(), "lazy")
         self.center = center
         self._names = trainable_names(model)
         if not self._names:
@@ -204,8 +194,11 @@ class Lazy(nn.Module):
         """
         if self.center == "symmetric":
             return self._eval(base, x, self.delta_b)
+        if _in_functorch_transform():  # requires_grad_ is illegal there; the term is a constant
+            return self._eval({n: t.detach() for n, t in base.items()}, x, None)
         with torch.no_grad():
-            flagged = {n: _flagged(t) if n in self._names else t for n, t in base.items()}
+            flagged = {n: base[n].detach().requires_grad_() if n in self._names else t
+                       for n, t in base.items()}
             return self._eval(flagged, x, None)
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
@@ -277,6 +270,7 @@ class Linearized(nn.Module):
         if forward_mode not in ("auto", "forward", "double_vjp"):
             raise ValueError("forward_mode must be 'auto', 'forward' or 'double_vjp', got "
                              f"{forward_mode!r}")
+        check_finite_tensors(model.named_parameters(), "linearize")
         self.model = model
         self.center = bool(center)
         self.output_fn = output_fn
@@ -336,7 +330,9 @@ def lazy(
     Args:
         model: any module with trainable parameters; its current weights are ``w0``. A frozen copy
             is kept; ``model`` itself is not modified.
-        alpha: scale, finite and > 0. Large alpha = lazy training.
+        alpha: scale inside :func:`lazylab.checks.alpha_range` (float32 weights: ``5.4e-20 ..
+            4.5e11``; with ``compute_dtype=torch.float32``: ``.. 839``): beyond it the float
+            rounding of ``w0 + delta`` swallows the update, so it is refused. Large alpha = lazy.
         center: ``"copy"`` | ``"symmetric"`` | ``"none"`` (see :class:`Lazy`).
         compute_dtype: dtype of the forward evaluation (default: float64 when alpha is too large for
             the input's precision, else the input's dtype).

@@ -112,3 +112,22 @@ def test_errors():
         kernel_regression(k, torch.zeros(3), ridge=-1)
     with pytest.raises(ValueError, match="NaN"):
         max_stable_lr(torch.full((2, 2), float("nan")))
+
+
+def test_gradient_flow_at_infinity_on_a_singular_kernel_is_minimum_norm():
+    """K = Phi Phi^T of rank 3 < n = 8: t = inf gives K* K^+ (y - f0) + f0*, not NaN."""
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(8, 3, dtype=torch.float64, generator=g)
+    phis = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    k, ks = phi @ phi.T, phis @ phi.T
+    y = torch.randn(8, 2, dtype=torch.float64, generator=g)
+    f0 = torch.randn(8, 2, dtype=torch.float64, generator=g)
+    f0s = torch.randn(5, 2, dtype=torch.float64, generator=g)
+    train, test = gradient_flow(k, y, float("inf"), ks, f0=f0, f0_test=f0s)
+    pinv = torch.linalg.pinv(k, hermitian=True, rtol=1e-10)
+    assert torch.isfinite(test).all() and torch.isfinite(train).all()
+    assert torch.allclose(test, f0s + ks @ pinv @ (y - f0), atol=1e-10)
+    assert torch.allclose(train, f0 + k @ pinv @ (y - f0), atol=1e-10)
+    # the limit of finite times (null-space directions never move)
+    train_t, test_t = gradient_flow(k, y, 1e8, ks, f0=f0, f0_test=f0s)
+    assert torch.allclose(test_t, test, atol=1e-8) and torch.allclose(train_t, train, atol=1e-8)

@@ -128,3 +128,24 @@ def test_errors():
         mlp_nngp(torch.zeros(0, 3))
     with pytest.raises(ValueError, match="finite"):
         two_layer_ntk(torch.full((2, 2), float("nan")))
+
+
+def test_relu_kernels_exact_on_the_diagonal():
+    """x2 = x1: the angle is 0. He init (weight_var 2, no bias): Sigma^l = 2|x|^2/d at every layer
+    and Theta^L = L * 2|x|^2/d; the two-layer NTK diagonal is |x|^2/d (k_a = k_b = |x|^2/2d)."""
+    from lazylab.kernels import mlp_nngp, mlp_ntk, two_layer_ntk
+
+    x = torch.randn(40, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 3
+    sq = (x * x).sum(1) / 7
+    for depth in (2, 4, 7):
+        theta = torch.diagonal(mlp_ntk(x, depth=depth, weight_var=2.0))
+        sigma = torch.diagonal(mlp_nngp(x, depth=depth, weight_var=2.0))
+        assert ((theta - depth * 2 * sq).abs() / (depth * 2 * sq)).max() < 1e-14
+        assert ((sigma - 2 * sq).abs() / (2 * sq)).max() < 1e-14
+    k = two_layer_ntk(x)
+    assert ((torch.diagonal(k) - sq).abs() / sq).max() < 1e-14
+    # identical rows given as a separate x2 (not the same tensor) are found as well
+    x2 = torch.cat([x[5:6].clone(), torch.randn(3, 7, dtype=torch.float64)])
+    k2 = mlp_ntk(x, x2, depth=4, weight_var=2.0)
+    assert abs(float(k2[5, 0] - 4 * 2 * sq[5])) / float(4 * 2 * sq[5]) < 1e-14
+    assert abs(float(two_layer_ntk(x, x2)[5, 0] - sq[5])) / float(sq[5]) < 1e-14

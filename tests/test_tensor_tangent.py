@@ -104,3 +104,41 @@ def test_order4_tangent_rank_is_min_of_md_and_dim_sym4():
         assert (abs(res["rel_residual"]) < 1e-8) == expect_zero
         if not expect_zero:
             assert res["rel_residual"] > 0.2
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_jacobian_in_sym_coordinates_is_an_isometry_of_the_dense_one(order):
+    from lazylab.tensor.tangent import sym_coords, tangent_jacobian
+
+    point = _point(3, 4, order, 5)
+    jac, dense = tangent_jacobian(point), _dense_jacobian(point)
+    assert jac.shape == (dim_sym(4, order), 3 * 5)
+    assert torch.allclose(jac.T @ jac, dense.T @ dense, rtol=1e-12, atol=1e-12)
+    y = random_ground_truth(4, 2, order, "general", generator=torch.Generator().manual_seed(1),
+                            dtype=F64)
+    assert torch.allclose(jac.T @ sym_coords(y), dense.T @ y.dense().reshape(-1), atol=1e-12)
+    assert abs(float(sym_coords(y) @ sym_coords(y) - y.norm_sq())) < 1e-12
+
+
+@pytest.mark.parametrize("order,d,seeds", [(3, 8, range(8, 13)), (4, 6, range(4, 9))])
+def test_rcond_acts_on_singular_values_of_j_at_md_equal_dim(order, d, seeds):
+    """m d = dim Sym^l: the tangent space fills Sym^l (rank = dim, residual 0) for these draws.
+
+    Their smallest singular value of J is 3e-7..1e-5 of the largest: a genuine direction that a cut
+    of 1e-10 on the eigenvalues of J^T J (= 1e-5 on J's singular values) dropped in some draws."""
+    from lazylab.tensor.tangent import tangent_jacobian
+
+    dim = dim_sym(d, order)
+    m = dim // d
+    assert m * d == dim
+    target = random_ground_truth(d, 1, order, generator=torch.Generator().manual_seed(0), dtype=F64)
+    below_old_cut = 0
+    for s in seeds:
+        model = TensorModel(d, m, order, generator=torch.Generator().manual_seed(s), dtype=F64)
+        point = SymCP(model.c.detach(), model.u.detach(), order)
+        res = tangent_lstsq(point, target, solver="dense", rcond=1e-10)
+        assert res["rank"] == dim
+        assert res["rel_residual"] < 1e-12
+        sv = torch.linalg.svdvals(tangent_jacobian(point))
+        below_old_cut += int(sv[-1] / sv[0] < 1e-5)
+    assert below_old_cut >= 1  # the draws include the case the old rule got wrong

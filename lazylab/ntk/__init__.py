@@ -2,7 +2,9 @@
 
 - :mod:`lazylab.ntk.jacobian`: per-example Jacobians (torch.func), contracted per parameter.
 - :mod:`lazylab.ntk.ntvp`: NTK-vector products (vjp then jvp), never materialising ``J``.
-- :mod:`lazylab.ntk.structured`: per-layer rules ``(G G'^T) * (A A'^T)`` for Linear/Conv layers.
+- :mod:`lazylab.ntk.structured`: per-layer rules ``(G G'^T) * (A A'^T)`` (Linear, Conv, Embedding,
+  LayerNorm, BatchNorm, HF Conv1D), engine separate from the rules.
+- :mod:`lazylab.ntk.approx`: approximate kernels (pseudo-NTK, random projections) with their error.
 - :mod:`lazylab.ntk.api`: the entry point, cost model and tiling.
 """
 

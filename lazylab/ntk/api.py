@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lazylab import functional as fn
+from lazylab.checks import check_finite_tensors
 from lazylab.ntk.jacobian import OUTPUTS, JacobianEngine
 from lazylab.ntk.ntvp import NTVPEngine
 from lazylab.ntk.problem import Problem, build_problem
@@ -49,43 +50,91 @@ def _probe(problem: Problem, x: fn.Inputs, arg: str) -> int:
 
 def _forward_flops(engine: StructuredEngine, problem: Problem) -> float:
     """Multiply-adds of one forward pass per example (layer rules + the other parameters)."""
-    layer = sum(g.t * g.d_in * g.d_out for g in engine.groups)
-    rest = sum(problem.params[n].numel() for n in engine.rest)
-    return float(layer + rest)
+    return engine.forward_flops() + sum(problem.params[n].numel() for n in engine.rest)
 
 
 STRUCTURED_OVERHEAD = 1.25  # hooks, unfold and cotangent copies; measured on the CNN benchmark
+JACOBIAN_OVERHEAD = 2.0  # vmap(jacrev) per-example backward vs one batched backward (CNN, GPT-2)
 
 
-def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
-            symmetric: bool) -> str:
-    """The ``auto`` cost model (multiply-adds; see :func:`ntk`)."""
+def _batch_coupled(problem: Problem) -> list[str]:
+    """Layers whose gradient depends on the whole batch (``nn.Embedding(scale_grad_by_freq)``):
+    products over a batch (``ntvp``) would not give per-example gradients."""
+    return [n for n, m in problem.module.named_modules()
+            if isinstance(m, nn.Embedding) and m.scale_grad_by_freq]
+
+
+def _costs(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
+           symmetric: bool) -> dict[str, float]:
+    """The ``auto`` cost model, multiply-adds per method (see :func:`ntk`)."""
     p = problem.n_params
     fwd = _forward_flops(st, problem)
     nf = n1 if symmetric else n1 + n2
     pairs = n1 * n2 / (2.0 if symmetric else 1.0)
     oo = o if output == "full" else 1
     rest = sum(problem.params[n].numel() for n in st.rest)
-    build = sum(g.t * g.d_in * g.d_out for g in st.groups if g.explicit)
+    passes = JACOBIAN_OVERHEAD * nf * fwd * (1 + 2 * o)  # forward + O backward, per example
     cost = {
-        "jacobian": nf * (fwd + 2 * o * fwd + o * p) + pairs * o * oo * p,
+        "jacobian": passes + nf * o * p + pairs * o * oo * p,
         "ntvp": 2 * n2 * o * (n1 + n2) * fwd,
         "structured": STRUCTURED_OVERHEAD * (
-            nf * (fwd + o * fwd + o * build + 2 * o * rest)
-            + pairs * (st.flops_per_entry() + o * oo * rest)),
+            nf * (fwd + o * fwd + st.build_flops()) + pairs * st.flops_per_entry())
+            + (passes + nf * o * rest if st.rest else 0.0) + pairs * o * oo * rest,
     }
     if not st.groups:
         del cost["structured"]
-    if p * o * 4 > MEMORY_BUDGET:  # one example's Jacobian does not fit: only products work
-        return "ntvp"
+    return cost
+
+
+def _choose(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
+            symmetric: bool) -> str:
+    """The ``auto`` choice: the cheaper of jacobian and structured (ntvp only when forced)."""
+    if problem.n_params * o * 4 > MEMORY_BUDGET and not _batch_coupled(problem):
+        return "ntvp"  # one example's Jacobian does not fit: only products work
+    # otherwise never ntvp: it needs forward-mode AD, which fused kernels (attention) lack, and
+    # where it is the cheapest (tiny models, few examples) every method takes milliseconds
+    cost = _costs(problem, st, n1, n2, o, output, symmetric)
+    del cost["ntvp"]
     return min(cost, key=cost.get)
+
+
+SMALL_WORK = 1e9  # multiply-adds below which ntk runs single-threaded on CPU (0: never)
+
+
+class _Threads:
+    """Run a small CPU kernel single-threaded, restoring the caller's thread count afterwards.
+
+    With several torch threads each small op is an OpenMP region; when another process holds a
+    core, every region waits for it (measured: a 4-example MLP kernel 1.4-3.4 s with 2 threads on
+    a loaded 2-core machine, 0.02-0.05 s with 1). Work below :data:`SMALL_WORK` multiply-adds
+    (~30 ms on one core) gains little from threads, so it runs on one. The argument checks and the
+    probe always run on one thread; :meth:`release` restores the count before large work.
+    ``torch.set_num_threads`` is process-wide: other threads computing concurrently see it too.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.n = torch.get_num_threads()
+        self.active = device.type == "cpu" and self.n > 1 and SMALL_WORK > 0
+
+    def __enter__(self) -> _Threads:
+        if self.active:
+            torch.set_num_threads(1)
+        return self
+
+    def release(self) -> None:
+        if self.active:
+            torch.set_num_threads(self.n)
+            self.active = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _default_block(method: str, problem: Problem, st: StructuredEngine | None, o: int,
                    n: int) -> int:
     item = torch.finfo(problem.dtype).bits // 8
     if method == "structured" and st is not None:
-        per = sum(g.t * (g.d_in + o * g.d_out) if not g.explicit else o * g.d_in * g.d_out
+        per = sum(g.t * (g.d_in + o * g.d_out) if not g.explicit else o * st.width(g) * g.d_out
                   for g in st.groups)
         per += sum(o * problem.params[k].numel() for k in st.rest)
     elif method == "ntvp":
@@ -113,6 +162,8 @@ def ntk(
     accumulate_dtype: torch.dtype | None = None,
     progress: bool | None = None,
     output_fn: fn.OutputFn = None,
+    out: str | None = None,
+    client: object | None = None,
 ) -> Tensor:
     """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
 
@@ -128,8 +179,9 @@ def ntk(
             the lower triangle of tiles is computed, the result is exactly symmetric).
         method: ``"jacobian"`` (per-example Jacobians, ``vmap(jacrev)``, contracted parameter by
             parameter), ``"ntvp"`` (NTK-vector products, ``vjp`` then ``jvp``; never forms ``J``),
-            ``"structured"`` (per-layer rules for ``nn.Linear``/``nn.Conv1d/2d``, Jacobian path for
-            other parameters; see :mod:`lazylab.ntk.structured`), ``"auto"``.
+            ``"structured"`` (per-layer rules for ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.Embedding``,
+            ``nn.LayerNorm`` and Hugging Face ``Conv1D``; Jacobian path for other parameters; see
+            :mod:`lazylab.ntk.structured`), ``"auto"``.
         output: ``"trace"`` -> ``(N1, N2)`` summed over output dims, ``"full"`` ->
             ``(N1, N2, O, O)``, ``"diagonal"`` -> ``(N1, N2, O)``.
         params: parameter names, or a predicate ``(name, param) -> bool``; e.g. the last layer only
@@ -145,6 +197,11 @@ def ntk(
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
         output_fn: which output of a model returning a tuple/dict/``ModelOutput`` is ``f``
             (:func:`lazylab.functional.select_output`; default: a tensor, or ``"logits"``).
+        out: path of a ``.npy`` file: the kernel is written tile by tile into it (memory-mapped;
+            resumable after an interruption) and returned as a tensor over the file
+            (:mod:`lazylab.ntk.out_of_core`).
+        client: run the tiles on Dask: a ``distributed.Client``, ``"dask://HOST:PORT"``, or an
+            int ``n`` for a ``LocalCluster`` of ``n`` workers (:mod:`lazylab.ntk.distributed`).
 
     Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
     batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
@@ -153,13 +210,15 @@ def ntk(
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
     ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
-    when symmetric)): jacobian ``N (F + 2 O F + O P) + E O P``; ntvp ``2 N2 O (N1 + N2) F``;
-    structured ``1.25 [N (F + O F + O B) + E C]`` with ``C`` the per-entry layer-rule cost
-    (``d_in + O d_out`` per ``nn.Linear``, ``O d_in d_out`` for a layer contracted through explicit
-    per-example gradients, e.g. a convolution), ``B`` the cost of building those gradients, plus
-    the Jacobian terms of uncovered parameters; 1.25 is the measured overhead of hooks and unfolding.
-    The cheapest wins (structured for MLPs, jacobian for small CNNs in the benchmark); ``ntvp`` is
-    forced when one example's Jacobian ``P O`` does not fit the 1 GiB budget.
+    when symmetric)): jacobian ``2 N F (1 + 2 O) + N O P + E O P`` (2 = measured overhead of the
+    per-example ``vmap(jacrev)`` passes over one batched backward); ntvp ``2 N2 O (N1 + N2) F``;
+    structured ``1.25 [N (F + O F + B) + E C]`` with ``C`` the per-entry layer-rule cost
+    (``T^2 (d_in + O d_out)`` for a Gram rule, ``O d_in d_out`` for a layer contracted through
+    explicit per-example gradients, e.g. a convolution), ``B`` the cost of building those
+    gradients (``O T d_in d_out``), plus the full Jacobian passes if any parameter is not covered
+    by a rule; 1.25 is the measured overhead of hooks and unfolding. The cheaper of jacobian and
+    structured wins; ``ntvp`` is taken only when one example's Jacobian ``P O`` does not fit the
+    1 GiB budget (it needs forward-mode AD, which fused attention kernels lack).
 
     Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
     off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
@@ -190,9 +249,13 @@ def ntk(
         x2 = _check_x(x2, "x2")
 
     problem = build_problem(model, params, dtype, device, output_fn=output_fn)
+    check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")  # NaN weights: error
+    if method == "ntvp" and _batch_coupled(problem):
+        raise ValueError(f"method='ntvp' needs per-example gradients, but {_batch_coupled(problem)}"
+                         " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
-    with problem.eval_mode():
+    with problem.eval_mode(), _Threads(problem.device) as threads:
         o = _probe(problem, x1, "x1")
         if not symmetric:
             o2 = _probe(problem, x2, "x2")
@@ -205,15 +268,52 @@ def ntk(
                                   block_size or n1)
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
+        if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
+            threads.release()
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
+        split = 8 if symmetric and b >= n1 >= 64 and _contraction(
+            method, problem, st, n1, o, output) > SPLIT_WORK else 1
+        if block_size is None and (out is not None or client is not None):
+            from lazylab.ntk.tile_jobs import tile_cap
+            b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
         if method == "structured":
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
                                              chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
+        if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
+            from lazylab.ntk.tile_jobs import run_tiles
+            return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
+                             problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
-                      accumulate_dtype or problem.dtype, problem.device, progress)
+                      accumulate_dtype or problem.dtype, problem.device, progress, split)
+
+
+def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n2: int, o: int,
+          output: str, symmetric: bool) -> float:
+    """Multiply-adds of the chosen method (the cost model; forward cost ~ ``P`` without a plan)."""
+    if st is not None and st.groups:
+        return _costs(problem, st, n1, n2, o, output, symmetric)[method]
+    p, nf = problem.n_params, n1 + n2
+    if method == "ntvp":
+        return 2.0 * n2 * o * nf * p
+    return nf * (1 + 3 * o) * p + n1 * n2 * o * (o if output == "full" else 1) * p
+
+
+SPLIT_WORK = 1e9  # a one-tile symmetric kernel whose contraction costs more: lower triangle only
+
+
+def _contraction(method: str, problem: Problem, st: StructuredEngine | None, n: int, o: int,
+                 output: str) -> float:
+    """Multiply-adds of the ``n x n`` contraction alone (feature building excluded)."""
+    oo = o if output == "full" else 1
+    if method == "structured" and st is not None:
+        rest = sum(problem.params[k].numel() for k in st.rest)
+        return n * n * (st.flops_per_entry() + o * oo * rest)
+    if method == "jacobian":
+        return float(n * n * o * oo * problem.n_params)
+    return 0.0  # ntvp: products, no separate contraction
 
 
 def _ntvp_chunk(problem: Problem) -> int:
@@ -241,14 +341,40 @@ def _symmetrize(blk: Tensor, output: str) -> Tensor:
     return (blk + _transpose(blk, output)) / 2
 
 
+def _slice(state: object, r: slice) -> object:
+    """Rows ``r`` of a tile's features (tensors with the examples on axis 0, nested in lists)."""
+    if isinstance(state, Tensor):
+        return state[r]
+    return type(state)(_slice(t, r) for t in state)
+
+
+def _lower_triangle(engine: object, s: object, n: int, split: int, tail: tuple, output: str,
+                    dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``K(X, X)`` from one set of features, contracting only the ``split (split + 1) / 2`` blocks
+    on and below the diagonal (``(split + 1) / (2 split)`` of the full contraction)."""
+    out = torch.empty((n, n, *tail), dtype=dtype, device=device)
+    rows = _tiles(n, -(-n // split))
+    for i, r in enumerate(rows):
+        si = _slice(s, r)
+        for c in rows[: i + 1]:
+            blk = engine.block(si, _slice(s, c)).to(dtype)
+            out[r, c] = _symmetrize(blk, output) if c == r else blk
+            if c != r:
+                out[c, r] = _transpose(blk, output)
+    return out
+
+
 def _tiled(engine: object, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool, b: int, o: int,
-           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
+           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None,
+           split: int = 1) -> Tensor:
     n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
     tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
     rows, cols = _tiles(n1, b), _tiles(n2, b)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
     if len(pairs) == 1:
         s = engine.prepare(x1)
+        if symmetric and split > 1:
+            return _lower_triangle(engine, s, n1, split, tail, output, dtype, device)
         blk = engine.block(s, s if symmetric else engine.prepare(x2)).to(dtype)
         return _symmetrize(blk, output) if symmetric else blk
     out = torch.empty((n1, n2, *tail), dtype=dtype, device=device)

@@ -132,9 +132,9 @@ def run_case(name: str, model: nn.Module, x: object, output_fn: object, repeats:
     except NotImplementedError:
         row["jvp"] = float("nan")
         row["max_rel_diff"] = float("nan")
+    args, kwargs = fn.call_args(x)
     for mode in ("forward", "double_vjp"):
         lin = lazylab.linearize(copy.deepcopy(model), output_fn=output_fn, forward_mode=mode)
-        args, kwargs = fn.call_args(x)
 
         def step(lin: nn.Module = lin) -> None:
             lin.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ matplotlib) is only imported when one of its names is used.
 
 Library (tensor in, tensor out):
     lazy, linearize, random_features           regimes over any nn.Module   (lazylab.regimes)
+    with_output                                 pick a model's output        (lazylab.functional)
     TwoLayerNet, MLP, SmallCNN, vgg11, resnet18 built-in models              (lazylab.models)
     train, History                              the trainer                  (lazylab.trainer)
                                                 over the one training loop   (lazylab.training)
@@ -18,6 +19,7 @@ Library (tensor in, tensor out):
     coord_check, regime_map                     which layers are lazy?       (lazylab.coord_check,
                                                                               lazylab.regime_map)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
+lazylab.functional (the model as f(params, x): inputs, outputs, forward mode),
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
 Lab (experiments, files, CLI):
@@ -39,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "Lazy": "lazylab.regimes",
     "Linearized": "lazylab.regimes",
     "apply_regime": "lazylab.regimes",
+    "with_output": "lazylab.functional",
     "alpha_range": "lazylab.checks",  # the safe range of alpha per dtype (issue "Nothing silent")
     # models
     "TwoLayerNet": "lazylab.models",
@@ -82,9 +85,10 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = {
-    "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
-    "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis",
-    "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer", "training",
+    "regimes", "functional", "models", "trainer", "track", "ntk", "kernels", "kernel_methods",
+    "metrics", "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data",
+    "diagnosis", "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer",
+    "training",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -65,7 +65,7 @@ def leaves(x: Inputs) -> list[Tensor]:
     return list(x)
 
 
-def _map(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:
+def map_leaves(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:
     if isinstance(x, Tensor):
         return fn(x)
     if isinstance(x, Mapping):
@@ -115,7 +115,7 @@ def batch_size(x: Inputs) -> int:
 
 def take(x: Inputs, idx: slice | Tensor | int) -> Inputs:
     """Examples ``idx`` (a slice or an index tensor) of every leaf."""
-    return _map(lambda t: t[idx], x)
+    return map_leaves(lambda t: t[idx], x)
 
 
 def cast_inputs(x: Inputs, device: torch.device | str | None = None,
@@ -125,7 +125,7 @@ def cast_inputs(x: Inputs, device: torch.device | str | None = None,
         if dtype is not None and t.is_floating_point():
             return t.to(device=device, dtype=dtype)
         return t.to(device) if device is not None else t
-    return _map(one, x)
+    return map_leaves(one, x)
 
 
 def float_dtype(x: Inputs) -> torch.dtype | None:
@@ -226,13 +226,17 @@ def math_attention() -> Iterator[None]:
     depending on ``requires_grad``, so two evaluations of one model would differ in rounding)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    mha = getattr(torch.backends, "mha", None)
+    toggle = mha is not None and hasattr(mha, "set_fastpath_enabled")
+    fast = mha.get_fastpath_enabled() if toggle else None
+    if toggle:
+        mha.set_fastpath_enabled(False)
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
+        if toggle:
+            mha.set_fastpath_enabled(fast)
 
 
 def call(module: nn.Module, state: dict[str, Tensor], x: Inputs,

@@ -45,7 +45,7 @@ def jacobian_features(problem: Problem, x: fn.Inputs, names: Sequence[str] | Non
         except RuntimeError:  # a layer that breaks under vmap: the exact per-example loop below
             jac = None
     if jac is None:
-        rows = [jacrev(fs)(sub, fn._map(lambda t, i=i: t[i], x)) for i in range(fn.batch_size(x))]
+        rows = [jacrev(fs)(sub, fn.map_leaves(lambda t, i=i: t[i], x)) for i in range(fn.batch_size(x))]
         jac = {k: torch.stack([r[k] for r in rows]) for k in sub}
     return [j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()]
 

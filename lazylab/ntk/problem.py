@@ -67,7 +67,7 @@ class Problem:
 
     def f_single(self, params: dict[str, Tensor], x: Inputs) -> Tensor:
         """Outputs ``(O,)`` of one example ``x`` (every leaf without its batch dim)."""
-        return self.f(params, fn._map(lambda t: t.unsqueeze(0), x)).squeeze(0)
+        return self.f(params, fn.map_leaves(lambda t: t.unsqueeze(0), x)).squeeze(0)
 
     @property
     def recurrent(self) -> bool:

@@ -95,6 +95,14 @@ def test_core_import_does_not_need_dask():
         subprocess.run([sys.executable, "-c", code, os.path.join(d, "k.npy")], check=True)
 
 
+def test_dask_address_string(client):
+    """``client="dask://HOST:PORT"``: a new connection to a running scheduler (the fixture's)."""
+    address = client.scheduler.address.replace("tcp://", "dask://")
+    net, x = _mlp(), _x(20)
+    k = lazylab.ntk(net, x, client=address, block_size=8)
+    assert (k - lazylab.ntk(net, x)).abs().max() < 1e-12
+
+
 class SlowNet(nn.Module):
     """An MLP whose forward sleeps, so tiles take long enough to kill a worker mid-run."""
 
@@ -139,3 +147,4 @@ def test_killed_worker_costs_only_its_tiles(client, monkeypatch):
     # only tiles in flight on, or finished but not yet gathered from, the dead worker are rerun
     print(f"tile tasks run for 36 tiles with one worker killed: {len(runs)}")
     assert 36 <= len(runs) <= 36 + 6
+

@@ -250,8 +250,9 @@ def ntk(
         if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
             threads.release()
         b = block_size or _default_block(method, problem, st, o, max(n1, n2))
-        split = 8 if symmetric and b >= n1 >= 64 and _contraction(
-            method, problem, st, n1, o, output) > SPLIT_WORK else 1
+        if symmetric and block_size is None and b >= n1 >= 32 and _contraction(
+                method, problem, st, n1, o, output) > SPLIT_WORK:
+            b = -(-n1 // 4)  # 4 row tiles: only the lower triangle, 10/16 of the contraction
         if method == "structured":
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
@@ -259,7 +260,7 @@ def ntk(
                                              chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
         return _tiled(engine, x1, x2, symmetric, b, o, output,
-                      accumulate_dtype or problem.dtype, problem.device, progress, split)
+                      accumulate_dtype or problem.dtype, problem.device, progress)
 
 
 def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n2: int, o: int,
@@ -273,7 +274,7 @@ def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n
     return nf * (1 + 3 * o) * p + n1 * n2 * o * (o if output == "full" else 1) * p
 
 
-SPLIT_WORK = 1e9  # a one-tile symmetric kernel whose contraction costs more: lower triangle only
+SPLIT_WORK = 1e9  # a symmetric kernel whose contraction costs more is computed in 4x4 tiles
 
 
 def _contraction(method: str, problem: Problem, st: StructuredEngine | None, n: int, o: int,
@@ -313,40 +314,14 @@ def _symmetrize(blk: Tensor, output: str) -> Tensor:
     return (blk + _transpose(blk, output)) / 2
 
 
-def _slice(state: object, r: slice) -> object:
-    """Rows ``r`` of a tile's features (tensors with the examples on axis 0, nested in lists)."""
-    if isinstance(state, Tensor):
-        return state[r]
-    return type(state)(_slice(t, r) for t in state)
-
-
-def _lower_triangle(engine: object, s: object, n: int, split: int, tail: tuple, output: str,
-                    dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``K(X, X)`` from one set of features, contracting only the ``split (split + 1) / 2`` blocks
-    on and below the diagonal (``(split + 1) / (2 split)`` of the full contraction)."""
-    out = torch.empty((n, n, *tail), dtype=dtype, device=device)
-    rows = _tiles(n, -(-n // split))
-    for i, r in enumerate(rows):
-        si = _slice(s, r)
-        for c in rows[: i + 1]:
-            blk = engine.block(si, _slice(s, c)).to(dtype)
-            out[r, c] = _symmetrize(blk, output) if c == r else blk
-            if c != r:
-                out[c, r] = _transpose(blk, output)
-    return out
-
-
 def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: int, output: str,
-           dtype: torch.dtype, device: torch.device, progress: bool | None,
-           split: int = 1) -> Tensor:
+           dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
     n1, n2 = x1.shape[0], x2.shape[0]
     tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
     rows, cols = _tiles(n1, b), _tiles(n2, b)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
     if len(pairs) == 1:
         s = engine.prepare(x1)
-        if symmetric and split > 1:
-            return _lower_triangle(engine, s, n1, split, tail, output, dtype, device)
         blk = engine.block(s, s if symmetric else engine.prepare(x2)).to(dtype)
         return _symmetrize(blk, output) if symmetric else blk
     out = torch.empty((n1, n2, *tail), dtype=dtype, device=device)

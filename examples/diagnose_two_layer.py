@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict[str, lazylab.diagnosis.Diagnosis
               f"ReLU stability {n['activation_stability']:.3f}  kappa {n['kappa']:.3g}  "
               f"test loss {n['test_loss']:.3g} (linearized {n['lin_test_loss']:.3g})")
         if args.out:
-            print("   report:", rep.save(f"{args.out}/{name.split(',')[0]}"))
+            from lazylab.lab.diagnosis_render import save
+
+            print("   report:", save(rep, f"{args.out}/{name.split(',')[0]}"))
         reports[name] = rep
     return reports
 

@@ -10,7 +10,12 @@ Library (tensor in, tensor out):
     train, History                              the trainer                  (lazylab.trainer)
     ntk                                         empirical NTK                (lazylab.ntk)
     kernel_regression, gradient_flow, max_stable_lr   kernel methods      (lazylab.kernel_methods)
+    kernel_regression_cg, gradient_flow_krylov, StoredKernel, NTKOperator
+                                                matrix-free solvers       (lazylab.kernel_solvers)
     diagnose, alpha_crossover                   how lazy is this run?        (lazylab.diagnosis)
+    parametrize, param_groups                   SP/NTK/MF/muP for any module (lazylab.parametrize)
+    coord_check, regime_map                     which layers are lazy?       (lazylab.coord_check,
+                                                                              lazylab.regime_map)
 Submodules: lazylab.kernels (analytic kernels), lazylab.metrics, lazylab.attacks,
 lazylab.tensor (tensor decomposition), lazylab.track (trackers), lazylab.data.
 
@@ -33,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Lazy": "lazylab.regimes",
     "Linearized": "lazylab.regimes",
     "apply_regime": "lazylab.regimes",
+    "alpha_range": "lazylab.checks",  # the safe range of alpha per dtype (issue "Nothing silent")
     # models
     "TwoLayerNet": "lazylab.models",
     "MLP": "lazylab.models",
@@ -49,9 +55,25 @@ _EXPORTS: dict[str, str] = {
     "kernel_regression": "lazylab.kernel_methods",
     "gradient_flow": "lazylab.kernel_methods",
     "max_stable_lr": "lazylab.kernel_methods",
+    "kernel_regression_cg": "lazylab.kernel_solvers",
+    "gradient_flow_krylov": "lazylab.kernel_solvers",
+    "StoredKernel": "lazylab.kernel_solvers",
+    "NTKOperator": "lazylab.kernel_solvers",
     # diagnostics
     "diagnose": "lazylab.diagnosis",
     "alpha_crossover": "lazylab.diagnosis",
+    # per-layer regimes, parametrizations, transitions
+    "parametrize": "lazylab.parametrize",
+    "param_groups": "lazylab.parametrize",
+    "coord_check": "lazylab.coord_check",
+    "regime_map": "lazylab.regime_map",
+    "RegimeMap": "lazylab.regime_map",
+    "TinyTransformer": "lazylab.transformer",
+    "lr_sweep": "lazylab.transfer",
+    "DepartureTime": "lazylab.transitions",
+    "Catapult": "lazylab.transitions",
+    "EdgeOfStability": "lazylab.transitions",
+    "SilentAlignment": "lazylab.transitions",
     # lab
     "load_results": "lazylab.lab",
     "run_experiment": "lazylab.lab",
@@ -60,7 +82,8 @@ _EXPORTS: dict[str, str] = {
 
 _SUBMODULES = {
     "regimes", "models", "trainer", "track", "ntk", "kernels", "kernel_methods", "metrics",
-    "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis", "risks", "lab",
+    "kernel_solvers", "attacks", "adversarial", "kernel_predictor", "tensor", "data", "diagnosis",
+    "risks", "lab", "checks", "transitions", "layer_plots", "transformer", "transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,17 +18,18 @@ Cost per batch: ``attack_steps + 1`` forward/backward passes (``+ 2`` for ``clea
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lazylab import training
 from lazylab.attacks import _check_eps, _check_norm, _check_steps, attack_loss, pgd
+from lazylab.training.hooks import Hook, Stop
 
-__all__ = ["NeuronBall", "AdvHistory", "adversarial_train", "MODES"]
+__all__ = ["NeuronBall", "AdvHistory", "BallHook", "adversarial_train", "MODES"]
 
 MODES = ("clean", "adversarial", "clean+adversarial")
 
@@ -112,6 +113,77 @@ def _batch_correct(out: Tensor, y: Tensor) -> int:
     return int((out.argmax(1) == y).sum())
 
 
+class _Attack(Hook):
+    """"Attack each batch": the step's batch becomes a clean and/or a PGD batch (``mode``); keeps
+    the epoch's loss and clean batch accuracy and appends one record per epoch."""
+
+    def __init__(self, mode: str, attack: dict[str, Any], hist: AdvHistory, per_epoch: int,
+                 ball: NeuronBall | None) -> None:
+        self.mode, self.attack, self.hist, self.per_epoch, self.ball = mode, attack, hist, per_epoch, ball
+        self.tot_loss, self.tot_correct, self.seen = 0.0, 0, 0
+
+    def batches(self, state: Any, it: Iterator[Any]) -> Iterator[Any]:
+        for xb, yb in it:
+            n = xb.shape[0]
+            if self.mode in ("clean", "clean+adversarial"):
+                yield xb, yb
+                self.tot_loss += state.batch_loss * n
+                self.tot_correct += _batch_correct(state.aux, yb)
+                self.seen += n
+            if self.mode in ("adversarial", "clean+adversarial"):
+                state.model.eval()
+                xa = pgd(state.model, xb, yb, generator=state.generator, **self.attack).x_adv
+                yield xa, yb
+                if self.mode == "adversarial":
+                    self.tot_loss, self.seen = self.tot_loss + state.batch_loss * n, self.seen + n
+                    with torch.no_grad():
+                        self.tot_correct += _batch_correct(state.model(xb), yb)
+
+    def end_step(self, state: Any) -> None:
+        if state.step % self.per_epoch:
+            return
+        rec: dict[str, Any] = {"epoch": state.step // self.per_epoch,
+                               "loss": self.tot_loss / self.seen,
+                               "clean_batch_acc": self.tot_correct / self.seen}
+        if self.ball is not None:
+            rec["max_deviation"] = self.ball.max_deviation()
+        self.hist.records.append(rec)
+        self.tot_loss, self.tot_correct, self.seen = 0.0, 0, 0
+
+
+class BallHook(Hook):
+    """"After each step": project onto the lazy ball (``mode="project"``), or undo the step that
+    left it and stop (``mode="stop"``, ``stopped = "left_ball"``)."""
+
+    def __init__(self, ball: NeuronBall, mode: str) -> None:
+        if mode not in ("project", "stop"):
+            raise ValueError(f"ball_mode must be 'project' or 'stop', got {mode!r}")
+        self.ball, self.mode = ball, mode
+        self.saved: list[Tensor] = []
+
+    def _params(self, state: Any) -> list[Tensor]:
+        return [p for p in state.model.parameters() if p.requires_grad]
+
+    def before_update(self, state: Any) -> None:
+        if self.mode == "stop":
+            self.saved = [p.detach().clone() for p in self._params(state)]
+
+    def after_update(self, state: Any) -> None:
+        if self.mode == "project":
+            self.ball.project()
+        elif self.ball.max_deviation() > self.ball.radius:
+            with torch.no_grad():
+                for p, s in zip(self._params(state), self.saved):
+                    p.copy_(s)
+            raise Stop("left_ball")
+
+
+def _objective(state: Any, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    xb, yb = batch
+    out = state.model(xb)
+    return attack_loss(out, yb) / xb.shape[0], out.detach()
+
+
 def adversarial_train(
     model: nn.Module,
     data: tuple[Tensor, Tensor],
@@ -132,27 +204,31 @@ def adversarial_train(
     callback_epochs: Sequence[float] = (),
     seed: int = 0,
     device: str | torch.device | None = None,
+    loss_scale: float | None = None,
 ) -> AdvHistory:
-    """SGD (``lr``, ``momentum``, shuffled batches from a generator seeded by ``seed``) for ``epochs``.
+    """SGD (``lr``, ``momentum``, shuffled batches from a generator seeded by ``seed``) for ``epochs``,
+    on the one training loop (:func:`lazylab.training.run`).
 
+    Objective: ``loss_scale * mean_i attack_loss(model(x_i), y_i)`` with ``loss_scale =
+    model.loss_scale`` for a :class:`~lazylab.Lazy` model (``1/alpha**2``) and 1 otherwise.
     ``mode``: ``"clean"``, ``"adversarial"`` (train on ``pgd(model, xb, yb, eps, steps=attack_steps,
     step_size, norm, clip)``), ``"clean+adversarial"`` (Loo et al.: a clean step, then an adversarial
     step, per batch). The attack runs with the model in eval mode. ``ball``/``ball_mode``: see the
     module docstring. ``callback(epoch, model)`` is called before training (epoch 0) if 0 is in
     ``callback_epochs`` and after the step at which each (fractional) epoch in ``callback_epochs`` is
-    reached (``round(e * steps_per_epoch)``).
+    reached (``round(e * steps_per_epoch)``). A NaN/inf loss raises
+    :class:`~lazylab.training.DivergenceError` (a ``FloatingPointError``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if ball_mode not in ("project", "stop"):
+    ball_hook = None if ball is None else BallHook(ball, ball_mode)
+    if ball is None and ball_mode not in ("project", "stop"):
         raise ValueError(f"ball_mode must be 'project' or 'stop', got {ball_mode!r}")
     epochs = _check_steps(epochs, "epochs")
     batch_size = _check_steps(batch_size, "batch_size")
-    attack_steps = _check_steps(attack_steps, "attack_steps")
-    eps = _check_eps(eps)
-    norm = _check_norm(norm)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    attack = dict(eps=_check_eps(eps), steps=_check_steps(attack_steps, "attack_steps"),
+                  step_size=step_size, norm=_check_norm(norm), clip=clip)
+    spec = training.sgd(lr, momentum)
     X, y = data
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"data: X has {X.shape[0]} rows but y has {y.shape[0]}")
@@ -162,76 +238,21 @@ def adversarial_train(
         ball.w0 = ball.w0.to(dev)
         ball.b0 = None if ball.b0 is None else ball.b0.to(dev)
     X, y = X.to(dev), y.to(dev)
-    n = X.shape[0]
-    per_epoch = math.ceil(n / batch_size)
-    snap = {}
+    source = training.Batches(X, y, batch_size, torch.Generator().manual_seed(int(seed)),
+                              always_index=True)
+    snap: dict[int, list[float]] = {}
     for e in callback_epochs:
-        snap.setdefault(int(round(float(e) * per_epoch)), []).append(float(e))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(int(seed))
+        snap.setdefault(int(round(float(e) * source.per_epoch)), []).append(float(e))
     hist = AdvHistory()
-    if callback is not None and 0 in snap:
-        for e in snap[0]:
-            callback(e, model)
-
-    def sgd_step(xb: Tensor, yb: Tensor) -> tuple[float, int]:
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = attack_loss(out, yb) / xb.shape[0]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"adversarial_train: loss is {loss.item()} (lower lr={lr:g})")
-        loss.backward()
-        if ball is not None and ball_mode == "stop":
-            saved = [p.detach().clone() for p in params]
-        opt.step()
-        if ball is not None:
-            if ball_mode == "project":
-                ball.project()
-            elif ball.max_deviation() > ball.radius:
-                with torch.no_grad():
-                    for p, s in zip(params, saved):
-                        p.copy_(s)
-                raise _LeftBall
-        return loss.item(), _batch_correct(out.detach(), yb)
-
-    step = 0
-    try:
-        for ep in range(epochs):
-            perm = torch.randperm(n, generator=gen).to(dev)
-            tot_loss, tot_correct, seen = 0.0, 0, 0
-            for i in range(per_epoch):
-                idx = perm[i * batch_size:(i + 1) * batch_size]
-                xb, yb = X[idx], y[idx]
-                if mode in ("clean", "clean+adversarial"):
-                    lo, co = sgd_step(xb, yb)
-                    tot_loss, tot_correct, seen = tot_loss + lo * len(idx), tot_correct + co, seen + len(idx)
-                if mode in ("adversarial", "clean+adversarial"):
-                    model.eval()
-                    xa = pgd(model, xb, yb, eps, steps=attack_steps, step_size=step_size, norm=norm,
-                             clip=clip, generator=gen).x_adv
-                    lo, _ = sgd_step(xa, yb)
-                    if mode == "adversarial":
-                        tot_loss, seen = tot_loss + lo * len(idx), seen + len(idx)
-                        with torch.no_grad():
-                            tot_correct += _batch_correct(model(xb), yb)
-                step += 1
-                if callback is not None and step in snap:
-                    model.eval()
-                    for e in snap[step]:
-                        callback(e, model)
-            rec: dict[str, Any] = {"epoch": ep + 1, "loss": tot_loss / seen,
-                                   "clean_batch_acc": tot_correct / seen}
-            if ball is not None:
-                rec["max_deviation"] = ball.max_deviation()
-            hist.records.append(rec)
-    except _LeftBall:
-        hist.stopped = "left_ball"
+    hooks: list[Any] = [] if ball_hook is None else [ball_hook]
+    hooks.append(_Attack(mode, attack, hist, source.per_epoch, ball))
+    if callback is not None:
+        hooks.append(training.AtSteps(callback, snap))
+    scale = float(getattr(model, "loss_scale", 1.0) if loss_scale is None else loss_scale)
+    state = training.LoopState(model, loss_scale=scale)
+    params = [p for p in model.parameters() if p.requires_grad]
+    h = training.run(state, source, _objective, spec, spec.build(params), epochs * source.per_epoch,
+                     hooks=hooks, device=dev, label="adversarial_train: ")
+    hist.stopped, hist.steps = h.stopped, h.steps
     model.eval()
-    hist.steps = step
     return hist
-
-
-class _LeftBall(Exception):
-    pass

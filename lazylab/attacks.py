@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lazylab import functional as fn
+
 __all__ = [
     "NORMS",
     "AttackResult",
@@ -86,10 +88,16 @@ def _check_norm(norm: object) -> str:
 
 
 def _check_x(x: object, clip: Clip) -> Tensor:
+    if isinstance(x, (tuple, list, dict)):
+        raise TypeError(f"x must be one floating-point tensor: attacks perturb continuous inputs, "
+                        f"got a {type(x).__name__} of inputs (attack a model of the continuous "
+                        "input alone, e.g. an embedding-level wrapper)")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}: attacks perturb "
+                        "continuous inputs; integer inputs (token ids) have no gradient step. "
+                        "Attack the embeddings instead (a model taking inputs_embeds)")
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
@@ -146,7 +154,7 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     Parameter ``.grad`` fields are not touched. Cost: one forward + backward."""
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = attack_loss(model(xr), y)
+        loss = attack_loss(fn.apply(model, xr), y)
         (g,) = torch.autograd.grad(loss, xr)
     return g
 
@@ -308,7 +316,7 @@ def _predict_labels(out: Tensor) -> Tensor:
 
 def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
-        pred = _predict_labels(model(x))
+        pred = _predict_labels(fn.apply(model, x))
     return pred.to(y.device) == y.to(pred.dtype)
 
 
@@ -376,7 +384,7 @@ def sign_flip_walk(model: nn.Module, x: Tensor, y: Tensor | None = None, *, step
     n = x.shape[0]
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = model(xr)
+        out = fn.apply(model, xr)
         f0 = _scalar_out(out)
         if f0 is None:
             raise ValueError(f"sign_flip_walk needs a scalar-output binary model, got outputs "
@@ -401,7 +409,8 @@ def sign_flip_walk(model: nn.Module, x: Tensor, y: Tensor | None = None, *, step
             pts = (x[ii].unsqueeze(1) + (ks.to(x.dtype) * step).reshape(1, -1, *([1] * (x.dim() - 1)))
                    * direction[ii].unsqueeze(1))
             with torch.no_grad():
-                fv = _scalar_out(model(pts.reshape(-1, *x.shape[1:]))).reshape(ii.numel(), -1)
+                fv = _scalar_out(fn.apply(model, pts.reshape(-1, *x.shape[1:]))).reshape(
+                    ii.numel(), -1)
             flip = torch.sign(fv) != s0[ii].unsqueeze(1)
             has = flip.any(1)
             first = flip.to(torch.int64).argmax(1)

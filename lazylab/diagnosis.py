@@ -5,28 +5,28 @@ or ``lazy(model, alpha)`` with ``alpha=``) next to its linearized twin (same bat
 scale) and tracks the kernel (:class:`lazylab.track.KernelTracker`), the weights
 (:class:`lazylab.track.WeightChange`), the distance to the twin
 (:class:`lazylab.track.LinearizedTwin`) and the stability of ReLU activations; it also computes
-Chizat's kappa at init. The :class:`DiagnosisReport` holds the numbers, the verdict, figures and a
-markdown report.
+Chizat's kappa at init. The :class:`DiagnosisReport` holds the numbers, the verdict and the curves
+(data only: :mod:`lazylab.lab.diagnosis_render` draws and writes them; the lab's experiment
+``diagnose`` runs it with a store, sweeps and resume).
 
 ``alpha_crossover(model_fn, data)`` finds the scale ``alpha*`` where the relative kernel change after
-training crosses a threshold (bisection in log alpha; Geiger et al. 2019) and plots test error and
-kernel change against alpha.
+training crosses a threshold (bisection in log alpha; Geiger et al. 2019), with the test error and
+kernel change at every evaluated alpha.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab import metrics as M
 from lazylab.regimes import Lazy, lazy
 from lazylab.track import KernelTracker, LinearizedTwin, WeightChange
@@ -40,6 +40,17 @@ __all__ = ["diagnose", "alpha_crossover", "DiagnosisReport", "CrossoverResult", 
 THRESHOLDS: dict[str, float] = {"lazy_kernel": 0.1, "lazy_lin_gap": 0.1, "feature_kernel": 0.5}
 
 
+def _check_thresholds(thresholds: Mapping[str, float]) -> Mapping[str, float]:
+    """Refuse keys that are not in :data:`THRESHOLDS` and values that are not finite numbers."""
+    unknown = sorted(set(thresholds) - set(THRESHOLDS))
+    if unknown:
+        raise ValueError(f"thresholds: unknown key(s) {unknown}; known keys: {sorted(THRESHOLDS)}")
+    for k, v in thresholds.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"thresholds[{k!r}] must be a finite number >= 0, got {v!r}")
+    return thresholds
+
+
 def verdict_from(kernel_change: float, lin_gap: float,
                  thresholds: Mapping[str, float] = THRESHOLDS) -> tuple[str, list[str]]:
     """The verdict and the reasons, from the final relative kernel change and linearization gap.
@@ -50,7 +61,7 @@ def verdict_from(kernel_change: float, lin_gap: float,
       at least half its norm;
     - ``"intermediate"`` otherwise.
     """
-    t = {**THRESHOLDS, **thresholds}
+    t = {**THRESHOLDS, **_check_thresholds(thresholds)}
     kc, gap = float(kernel_change), float(lin_gap)
     why = [f"relative kernel change ||K_T - K_0||/||K_0|| = {kc:.3g}",
            f"relative distance to the linearized twin ||f - f_lin||/||f_lin|| = {gap:.3g}"]
@@ -74,7 +85,7 @@ class _ActivationStability:
 
     def start(self, state: Any) -> None:
         self.model0 = copy.deepcopy(state.model)
-        self.x = self.x.to(state.X.device, state.X.dtype)
+        self.x = state.inputs_like_data(self.x)
 
     def __call__(self, state: Any) -> dict[str, float]:
         assert self.model0 is not None
@@ -100,12 +111,16 @@ def _has_relu(model: nn.Module) -> bool:
     return any(isinstance(m, M.RELU_TYPES) for m in model.modules())
 
 
-def _check_data(data: Any, arg: str) -> tuple[Tensor, Tensor]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+def _check_data(data: Any, arg: str) -> tuple[fn.Inputs, Tensor]:
+    ok = isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor) and (
+        isinstance(data[0], (Tensor, tuple, list, dict)))
+    if not ok:
         raise TypeError(f"{arg} must be a pair (X, y) of tensors, got {type(data).__name__}")
     X, y = data
-    if X.shape[0] != y.shape[0] or X.shape[0] < 2:
-        raise ValueError(f"{arg}: X and y need the same number (>= 2) of rows, got {X.shape[0]} and "
+    X = fn.check_inputs(X, f"{arg} X", finite=False)
+    n = fn.batch_size(X)
+    if n != y.shape[0] or n < 2:
+        raise ValueError(f"{arg}: X and y need the same number (>= 2) of rows, got {n} and "
                          f"{y.shape[0]}")
     return X, y
 
@@ -116,7 +131,7 @@ class DiagnosisReport:
     ``"feature learning"`` (rules: :func:`verdict_from`); ``numbers`` the final values behind it;
     ``history`` the tracked curves (pandas DataFrame, one row per recorded step); ``kernel`` the
     kernel snapshots' metrics; ``spectra`` ``{"init": eigenvalues, "final": eigenvalues}``.
-    ``figures`` (name -> matplotlib Figure), ``to_markdown()``, ``save(dir)``."""
+    Data only: the lab renders it (:mod:`lazylab.lab.diagnosis_render`: markdown, figures, files)."""
 
     verdict: str
     reasons: list[str]
@@ -126,149 +141,6 @@ class DiagnosisReport:
     spectra: dict[str, np.ndarray]
     config: dict[str, Any]
     thresholds: dict[str, float]
-    _figures: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def figures(self) -> dict[str, Any]:
-        """``{"curves": Figure, "spectrum": Figure}`` (``matplotlib.figure.Figure`` objects, built on
-        first access without pyplot)."""
-        if self._figures is None:
-            self._figures = {"curves": _curves_figure(self), "spectrum": _spectrum_figure(self)}
-        return self._figures
-
-    def to_markdown(self, figure_dir: str = "figures") -> str:
-        """The report: verdict with its numbers and thresholds, a table of final metrics, the
-        configuration, and links to ``figure_dir/diagnose_<name>.png``."""
-        n = self.numbers
-        lines = [f"# How lazy is this run? Verdict: **{self.verdict}**", ""]
-        lines += [f"- {r}" for r in self.reasons]
-        lines += ["", "Thresholds: lazy if kernel change < {lazy_kernel:g} and linearization gap < "
-                  "{lazy_lin_gap:g}; feature learning if kernel change >= {feature_kernel:g}; "
-                  "intermediate otherwise.".format(**self.thresholds), ""]
-        for key, who in (("lin_train_loss", "linearized twin"), ("train_loss", "model")):
-            if key in n and not math.isfinite(n[key]):
-                lines += [f"**Warning**: the {who}'s training diverged (train loss {n[key]}); the lr is "
-                          "above its stability limit (about 2 / largest eigenvalue of the loss Hessian). "
-                          "Lower the lr; the numbers below are not meaningful.", ""]
-        if n.get("train_loss_drop", 1.0) < 0.1 and math.isfinite(n.get("train_loss", 0.0)):
-            lines += ["**Warning**: the training loss fell by less than 10% "
-                      f"({100 * n['train_loss_drop']:.1f}%); the run barely trained, so little can "
-                      "have changed. Train longer or with a larger lr before trusting the verdict.", ""]
-        lines += ["## Numbers (end of training unless stated)", "", "| quantity | value |", "|---|---|"]
-        for key, label in _LABELS.items():
-            if key in n and n[key] is not None and not (isinstance(n[key], float) and math.isnan(n[key])):
-                lines.append(f"| {label} | {n[key]:.4g} |")
-        lines += ["", "## Setup", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in self.config.items()]
-        lines += ["", "## Figures", ""]
-        for name in ("curves", "spectrum"):
-            lines.append(f"![{name}]({figure_dir}/diagnose_{name}.png)")
-        lines += ["", "Metric definitions: `lazylab.metrics` (kernel change: Geiger et al. 2019; kernel "
-                  "distance: Fort et al. 2020; kappa: Chizat et al. 2019 eq. 1; activation stability: "
-                  "Chizat et al. 2019 App C.2)."]
-        return "\n".join(lines) + "\n"
-
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write ``out/report.md``, ``out/figures/diagnose_*.png``, ``out/history.csv`` and
-        ``out/kernel.csv``; returns the path of report.md."""
-        out = Path(out)
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        for name, fig in self.figures.items():
-            fig.savefig(out / "figures" / f"diagnose_{name}.png", dpi=110, bbox_inches="tight")
-        self.history.to_csv(out / "history.csv", index=False)
-        self.kernel.to_csv(out / "kernel.csv", index=False)
-        path = out / "report.md"
-        path.write_text(self.to_markdown())
-        return path
-
-
-_LABELS = {
-    "kernel_rel_change": "relative kernel change ‖K_T − K_0‖/‖K_0‖",
-    "kernel_dist": "kernel distance 1 − cos(K_T, K_0)",
-    "kernel_cka0": "CKA(K_T, K_0)",
-    "lin_gap_rel": "distance to linearized twin ‖f − f_lin‖/‖f_lin‖ (probe)",
-    "rel_weight_change": "relative weight change ‖w − w0‖/‖w0‖",
-    "activation_stability": "ReLU activation stability (fraction of signs kept)",
-    "kappa": "Chizat's kappa at init (probe)",
-    "kernel_kta_init": "kernel-target alignment at init",
-    "kernel_kta": "kernel-target alignment at the end",
-    "kernel_eff_rank_init": "kernel effective rank at init",
-    "kernel_eff_rank": "kernel effective rank at the end",
-    "train_loss_init": "train loss at init",
-    "train_loss": "train loss",
-    "lin_train_loss": "train loss of the linearized twin",
-    "test_loss": "test loss",
-    "lin_test_loss": "test loss of the linearized twin",
-    "test_acc": "test accuracy",
-    "steps": "steps trained",
-}
-
-
-def _plot_xy(ax: Any, x: np.ndarray, y: np.ndarray, label: str, **kw: Any) -> None:
-    ok = np.isfinite(y)
-    ax.plot(np.maximum(x[ok], 0.5), y[ok], marker=".", label=label, **kw)
-
-
-def _curves_figure(rep: DiagnosisReport) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global state, any backend
-
-    h, k = rep.history, rep.kernel
-    fig = Figure(figsize=(10, 7))
-    axes = fig.subplots(2, 2)
-    s = h["step"].to_numpy(float)
-    ax = axes[0, 0]
-    for col, lab, ls in (("train_loss", "train (model)", "-"), ("lin_train_loss", "train (linearized)", "--"),
-                         ("test_loss", "test (model)", "-"), ("lin_test_loss", "test (linearized)", "--")):
-        if col in h:
-            _plot_xy(ax, s, h[col].to_numpy(float), lab, ls=ls)
-    ax.set(xscale="log", yscale="log", xlabel="step (0 drawn at 0.5)", title="loss")
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    ks = k["step"].to_numpy(float)
-    for col, lab in (("kernel_rel_change", "‖K_t − K_0‖/‖K_0‖"), ("kernel_dist", "1 − cos(K_t, K_0)")):
-        _plot_xy(ax, ks, k[col].to_numpy(float), lab)
-    ax.axhline(rep.thresholds["lazy_kernel"], color="g", ls=":", lw=1, label="lazy threshold")
-    ax.axhline(rep.thresholds["feature_kernel"], color="r", ls=":", lw=1, label="feature threshold")
-    ax.set(xscale="log", xlabel="step", title="kernel change")
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    ax = axes[1, 0]
-    for col, lab in (("rel_weight_change", "‖w − w0‖/‖w0‖"), ("lin_gap_rel", "‖f − f_lin‖/‖f_lin‖")):
-        if col in h:
-            _plot_xy(ax, s, h[col].to_numpy(float), lab)
-    ax.set(xscale="log", xlabel="step", title="distance from the linearization")
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    if "activation_stability" in h:
-        _plot_xy(ax, s, h["activation_stability"].to_numpy(float), "ReLU sign stability")
-    if "kernel_kta" in k:
-        _plot_xy(ax, ks, k["kernel_kta"].to_numpy(float), "kernel-target alignment")
-    _plot_xy(ax, ks, k["kernel_cka0"].to_numpy(float), "CKA(K_t, K_0)")
-    ax.set(xscale="log", xlabel="step", title="alignment and stability", ylim=(-0.05, 1.05))
-    ax.legend(fontsize=8)
-    fig.suptitle(f"verdict: {rep.verdict}  (kernel change {rep.numbers['kernel_rel_change']:.3g}, "
-                 f"linearization gap {rep.numbers.get('lin_gap_rel', float('nan')):.3g})")
-    fig.tight_layout()
-    return fig
-
-
-def _spectrum_figure(rep: DiagnosisReport) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    for name, ls in (("init", "-"), ("final", "--")):
-        lam = rep.spectra[name]
-        lam = lam[lam > 0] / lam.max()
-        ax.plot(np.arange(1, lam.size + 1), lam, ls, marker=".", label=f"K at {name}")
-    ax.set(xscale="log", yscale="log", xlabel="index", ylabel="eigenvalue / largest",
-           title="tangent kernel spectrum on the probe set")
-    ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 def diagnose(
@@ -285,10 +157,13 @@ def diagnose(
     n_probe: int = 64,
     n_snapshots: int = 15,
     kappa: bool = True,
+    transitions: bool = False,
     thresholds: Mapping[str, float] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    trackers: Sequence[Any] = (),
+    extra_keys: Sequence[str] = (),
     **train_kwargs: Any,
 ) -> DiagnosisReport:
     """Train a copy of ``model`` on ``data`` and report how lazy the run was.
@@ -300,8 +175,14 @@ def diagnose(
     the tangent kernel at ``n_snapshots`` log-spaced steps (:class:`lazylab.track.KernelTracker`),
     ``||f - f_lin|| / ||f_lin||`` (:class:`lazylab.track.LinearizedTwin`), the relative weight change
     and, for ReLU networks, the stability of activations; kappa (Chizat et al. eq. 1) at init on the
-    probe points. The verdict follows :func:`verdict_from` with ``thresholds`` (default
+    probe points. ``transitions=True`` adds :mod:`lazylab.transitions` detectors on the probe
+    (``departure_step``, ``eta_lambda0``, ``catapult`` in ``numbers``). The verdict follows
+    :func:`verdict_from` with ``thresholds`` (default
     :data:`THRESHOLDS`). The caller's ``model`` is not modified.
+
+    Extensible: ``trackers`` (extra :mod:`lazylab.track`-style trackers, e.g. transition detectors)
+    run with the built-in ones; the final values of their keys named in ``extra_keys`` join
+    ``numbers``.
 
     Cost: the training run, about twice again for the twin, plus ``n_snapshots`` NTKs of
     ``n_probe`` points and kappa's Lanczos iterations (about 100 forward-backward passes on the probe).
@@ -315,35 +196,66 @@ def diagnose(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not isinstance(n_probe, int) or n_probe < 2:
         raise ValueError(f"n_probe must be an integer >= 2, got {n_probe!r}")
-    thr = {**THRESHOLDS, **(thresholds or {})}
+    thr = {**THRESHOLDS, **_check_thresholds(thresholds or {})}
     net = copy.deepcopy(model)
     if device is not None:
         net = net.to(device)
     run_model = lazy(net, alpha) if alpha is not None else net
-    src = test_data if test_data is not None else (X, y)
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(src[0].shape[0], generator=gen)[: min(n_probe, src[0].shape[0])]
-    dev = next(run_model.parameters()).device
-    px, py = src[0][idx].to(dev), src[1][idx].to(dev)
-
+    px, py = _probe_points(test_data if test_data is not None else (X, y), n_probe, seed,
+                           next(run_model.parameters()).device)
     numbers: dict[str, float] = {}
     if kappa:
         numbers["kappa"] = float(M.laziness_kappa(run_model, px, py, n_iter=15, n_outer=3, n_restarts=1,
                                                    seed=seed))
     kt = KernelTracker(px, py, total_steps=steps, n_snapshots=n_snapshots)
-    trackers: list[Any] = [WeightChange(), _Twin(px), kt]
+    tracked: list[Any] = [WeightChange(), _Twin(px), kt, *trackers]
     inner = run_model.model if isinstance(run_model, Lazy) else run_model
     if _has_relu(inner):
-        trackers.append(_ActivationStability(px))
+        tracked.append(_ActivationStability(px))
+    detectors: list[Any] = []
+    if transitions:  # detectors of lazylab.transitions (departure from the kernel regime, catapult)
+        from lazylab.transitions import Catapult, DepartureTime
+        every = max(steps // n_snapshots, 1)
+        detectors = [DepartureTime(px, every=every), Catapult(px, every=every)]
+        tracked += detectors
     torch.manual_seed(seed)
     hist = train(run_model, (X, y), test_data=test_data, loss=loss, optimizer=optimizer, lr=lr,
-                 steps=steps, batch_size=batch_size, trackers=trackers, seed=seed, device=device,
+                 steps=steps, batch_size=batch_size, trackers=tracked, seed=seed, device=device,
                  progress=progress, **train_kwargs)
-    h = hist.to_frame()
-    kf = kt.to_frame()
+    numbers.update(_final_numbers(hist, kt, extra_keys))
+    if detectors:
+        numbers["departure_step"] = float(detectors[0].result()["departure_step"])
+        numbers.update({k: float(detectors[1].result()[k]) for k in ("eta_lambda0", "catapult")})
+    verdict, reasons = verdict_from(numbers["kernel_rel_change"], numbers.get("lin_gap_rel", math.nan), thr)
+    config = {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+              "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,
+              "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size or "full",
+              "train points": fn.batch_size(X),
+              "test points": fn.batch_size(test_data[0]) if test_data else 0,
+              "probe points": fn.batch_size(px), "seed": seed}
+    spectra = {"init": kt.spectra[min(kt.spectra)], "final": kt.spectra[max(kt.spectra)]}
+    return DiagnosisReport(verdict, reasons, numbers, hist.to_frame(), kt.to_frame(), spectra, config, thr)
+
+
+def _probe_points(src: tuple[Any, Tensor], n_probe: int, seed: int, dev: torch.device
+                  ) -> tuple[fn.Inputs, Tensor]:
+    """``min(n_probe, N)`` points of ``src`` drawn without replacement with ``seed``, on ``dev``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n_src = fn.batch_size(src[0])
+    idx = torch.randperm(n_src, generator=gen)[: min(n_probe, n_src)]
+    return fn.cast_inputs(fn.take(src[0], idx), dev), src[1][idx].to(dev)
+
+
+_FINAL_KEYS = ("rel_weight_change", "lin_gap_rel", "activation_stability", "train_loss", "test_loss",
+               "test_acc", "lin_train_loss", "lin_test_loss")
+
+
+def _final_numbers(hist: Any, kt: KernelTracker, extra_keys: Sequence[str] = ()) -> dict[str, float]:
+    """The numbers behind the verdict: final tracked values, kernel metrics at the end (and kta /
+    effective rank at init), the train loss at init and its relative drop."""
+    numbers: dict[str, float] = {}
     fin = hist.final
-    for key in ("rel_weight_change", "lin_gap_rel", "activation_stability", "train_loss", "test_loss",
-                "test_acc", "lin_train_loss", "lin_test_loss"):
+    for key in (*_FINAL_KEYS, *extra_keys):
         if key in fin:
             numbers[key] = float(fin[key])
     last, first = kt.records[-1], kt.records[0]
@@ -357,14 +269,7 @@ def diagnose(
     numbers["steps"] = float(hist.steps)
     l0, l1 = numbers["train_loss_init"], numbers["train_loss"]
     numbers["train_loss_drop"] = (l0 - l1) / l0 if l0 > 0 else 0.0
-    verdict, reasons = verdict_from(numbers["kernel_rel_change"], numbers.get("lin_gap_rel", math.nan), thr)
-    config = {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-              "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,
-              "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size or "full",
-              "train points": X.shape[0], "test points": test_data[0].shape[0] if test_data else 0,
-              "probe points": px.shape[0], "seed": seed}
-    spectra = {"init": kt.spectra[min(kt.spectra)], "final": kt.spectra[max(kt.spectra)]}
-    return DiagnosisReport(verdict, reasons, numbers, h, kf, spectra, config, thr)
+    return numbers
 
 
 # ----------------------------------------------------------------------------------- alpha crossover
@@ -372,8 +277,8 @@ def diagnose(
 class CrossoverResult:
     """``alpha_star`` (None when the threshold is not crossed in the range), ``table`` (pandas: one
     row per evaluated alpha: ``alpha, kernel_rel_change, test_error, train_loss, phase`` with phase
-    ``grid`` or ``bisection``), ``threshold``, ``bracket`` (the final ``(lo, hi)``), ``figure``,
-    ``save(dir)``."""
+    ``grid`` or ``bisection``), ``threshold``, ``bracket`` (the final ``(lo, hi)``). Data only:
+    :mod:`lazylab.lab.diagnosis_render` draws and writes it."""
 
     alpha_star: float | None
     table: Any
@@ -381,64 +286,28 @@ class CrossoverResult:
     bracket: tuple[float, float] | None
     error_name: str
     message: str = ""
-    _figure: Any = field(default=None, repr=False)
 
-    @property
-    def figure(self) -> Any:
-        if self._figure is None:
-            self._figure = _crossover_figure(self)
-        return self._figure
-
-    def to_markdown(self) -> str:
-        head = (f"alpha* = {self.alpha_star:.4g} (kernel change crosses {self.threshold:g}; bracket "
-                f"{self.bracket[0]:.4g} .. {self.bracket[1]:.4g})" if self.alpha_star is not None
-                and self.bracket is not None else f"no crossover: {self.message}")
-        return f"# Alpha crossover\n\n{head}\n\n{_md_table(self.table)}\n\n" \
-               "![crossover](figures/alpha_crossover.png)\n"
-
-    def save(self, out: str | os.PathLike) -> Path:
-        out = Path(out)
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        self.figure.savefig(out / "figures" / "alpha_crossover.png", dpi=110, bbox_inches="tight")
-        self.table.to_csv(out / "alpha_crossover.csv", index=False)
-        path = out / "crossover.md"
-        path.write_text(self.to_markdown())
-        return path
-
-
-def _md_table(df: Any) -> str:
-    """A pandas DataFrame as a markdown table (floats with 4 significant digits)."""
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    rows = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(rows)
-
-
-def _crossover_figure(res: CrossoverResult) -> Any:
-    from matplotlib.figure import Figure
-
-    t = res.table.sort_values("alpha")
-    t = t.assign(test_error=t["test_error"].where(t["stopped"] != "diverged"))  # no curve through blow-ups
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.plot(t["alpha"], t["kernel_rel_change"], "o-", color="C0", label="‖K_T − K_0‖/‖K_0‖")
-    ax.axhline(res.threshold, color="C0", ls=":", lw=1)
-    if res.alpha_star is not None:
-        ax.axvline(res.alpha_star, color="k", ls="--", lw=1, label=f"α* = {res.alpha_star:.3g}")
-    ax.set(xscale="log", yscale="log", xlabel="α", ylabel="relative kernel change")
-    ax2 = ax.twinx()
-    ax2.plot(t["alpha"], t["test_error"], "s-", color="C3", label=res.error_name)
-    ax2.set_ylabel(res.error_name, color="C3")
-    lines = ax.get_legend_handles_labels()
-    l2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + l2[0], lines[1] + l2[1], fontsize=8, loc="center right")
-    div = res.table.loc[res.table["stopped"] == "diverged", "alpha"]
-    ax.set_title("lazy ↔ feature crossover" + (f" (diverged: α = {', '.join(f'{a:g}' for a in div)})"
-                                                if len(div) else ""))
-    fig.tight_layout()
-    return fig
+def _crossover_run(model_fn: Callable[[], nn.Module], alpha: float, X: Tensor, y: Tensor,
+                   test_data: Any, px: Tensor, steps: int, lr: float, loss: str, seed: int,
+                   train_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Train ``lazy(model_fn(), alpha)``; its kernel change, test error (and the error's name)."""
+    torch.manual_seed(seed)
+    net = model_fn()
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model_fn must return a torch.nn.Module, got {type(net).__name__}")
+    kt = KernelTracker(px, schedule=[steps])
+    hist = train(lazy(net, alpha), (X, y), test_data=test_data, loss=loss, lr=lr, steps=steps,
+                 trackers=[kt], track_steps=[0, steps], seed=seed, on_divergence="stop", **train_kwargs)
+    fin = hist.final
+    if "test_acc" in fin:
+        err, name = 1.0 - fin["test_acc"], "test error (1 - accuracy)"
+    elif "test_loss" in fin:
+        err, name = fin["test_loss"], f"test loss ({loss})"
+    else:
+        err, name = fin.get("train_loss", math.nan), f"train loss ({loss})"
+    change = kt.records[-1]["kernel_rel_change"] if hist.stopped != "diverged" else math.nan
+    return {"alpha": alpha, "kernel_rel_change": change, "test_error": err,
+            "train_loss": fin.get("train_loss", math.nan), "stopped": hist.stopped, "error_name": name}
 
 
 def alpha_crossover(
@@ -486,24 +355,10 @@ def alpha_crossover(
     error_name = ["error"]
 
     def run(alpha: float, phase: str) -> float:
-        torch.manual_seed(seed)
-        net = model_fn()
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"model_fn must return a torch.nn.Module, got {type(net).__name__}")
-        kt = KernelTracker(px, schedule=[steps])
-        hist = train(lazy(net, alpha), (X, y), test_data=test_data, loss=loss, lr=lr, steps=steps,
-                     trackers=[kt], track_steps=[0, steps], seed=seed, on_divergence="stop", **train_kwargs)
-        fin = hist.final
-        if "test_acc" in fin:
-            err, error_name[0] = 1.0 - fin["test_acc"], "test error (1 - accuracy)"
-        elif "test_loss" in fin:
-            err, error_name[0] = fin["test_loss"], f"test loss ({loss})"
-        else:
-            err, error_name[0] = fin.get("train_loss", math.nan), f"train loss ({loss})"
-        change = kt.records[-1]["kernel_rel_change"] if hist.stopped != "diverged" else math.nan
-        rows.append({"alpha": alpha, "kernel_rel_change": change, "test_error": err,
-                     "train_loss": fin.get("train_loss", math.nan), "stopped": hist.stopped, "phase": phase})
-        return change
+        row = _crossover_run(model_fn, alpha, X, y, test_data, px, steps, lr, loss, seed, train_kwargs)
+        error_name[0] = row.pop("error_name")
+        rows.append({**row, "phase": phase})
+        return row["kernel_rel_change"]
 
     grid = np.geomspace(lo, hi, max(n_grid, 2))
     changes = [run(float(a), "grid") for a in grid]

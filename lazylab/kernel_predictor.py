@@ -24,7 +24,9 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.func import vjp
+
+from lazylab import functional as fn
 
 __all__ = ["KernelPredictor"]
 
@@ -46,18 +48,26 @@ class KernelPredictor(nn.Module):
 
     The output has the model's output shape (``(M,)`` for a model returning ``(M,)``, else
     ``(M, O)``). Attribute ``direction``: ``v = J(X)^T c`` (name -> tensor).
+
+    Inputs and outputs as in :mod:`lazylab.functional`: ``X_train`` (and the predictor's input)
+    may be integer tokens or a tuple/dict of tensors; ``output_fn`` selects the model output. The
+    jvp falls back to the exact double-VJP identity for ops without forward mode.
     """
 
-    def __init__(self, model: nn.Module, X_train: Tensor, coef: Tensor,
-                 params: list[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, X_train: fn.Inputs, coef: Tensor,
+                 params: list[str] | None = None, output_fn: fn.OutputFn = None) -> None:
         super().__init__()
         from lazylab.regimes import Linearized
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(X_train, Tensor) or not isinstance(coef, Tensor):
+        if not isinstance(coef, Tensor) or not isinstance(X_train, (Tensor, tuple, list, dict)):
             raise TypeError("X_train and coef must be torch.Tensors")
+        X_train = fn.check_inputs(X_train, "X_train")
         base, w0 = (model.model, model.params0) if isinstance(model, Linearized) else (model, None)
+        if isinstance(model, Linearized) and output_fn is None:
+            output_fn = model.output_fn
+        self.output_fn = output_fn
         self.net = copy.deepcopy(base).eval()
         named = dict(self.net.named_parameters())
         names = params if params is not None else (
@@ -75,13 +85,14 @@ class KernelPredictor(nn.Module):
         self._names = list(names)
         self._squeeze = False
         with torch.no_grad():
-            probe = self.net(X_train[:1])
+            probe = fn.apply(self.net, fn.take(X_train, slice(0, 1)), output_fn)
         self._squeeze = probe.dim() == 1
         o = _as_2d(probe).shape[1]
         c = coef.reshape(-1, 1) if coef.dim() == 1 else coef
-        if c.shape != (X_train.shape[0], o):
-            raise ValueError(f"coef must have shape ({X_train.shape[0]},) or ({X_train.shape[0]}, {o}) "
-                             f"for {X_train.shape[0]} training points and {o} outputs, got "
+        n = fn.batch_size(X_train)
+        if c.shape != (n, o):
+            raise ValueError(f"coef must have shape ({n},) or ({n}, {o}) "
+                             f"for {n} training points and {o} outputs, got "
                              f"{tuple(coef.shape)}")
         p0 = self._params()
         _, pull = vjp(lambda p: _as_2d(self._f(p, X_train)), p0)
@@ -93,21 +104,22 @@ class KernelPredictor(nn.Module):
         named = dict(self.net.named_parameters())
         return {n: named[n] for n in self._names}
 
-    def _f(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.net, p, (x,), tie_weights=True)
+    def _f(self, p: dict[str, Tensor], x: fn.Inputs) -> Tensor:
+        return fn.call(self.net, p, x, self.output_fn)
 
     @property
     def direction(self) -> dict[str, Tensor]:
         """``v = J(X_train)^T c``, name -> tensor."""
         return {n: getattr(self, "v__" + n.replace(".", "__")) for n in self._names}
 
-    def forward(self, x: Tensor) -> Tensor:
-        _, out = jvp(lambda p: self._f(p, x), (self._params(),), (self.direction,))
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        x = fn.pack_args(args, kwargs)
+        _, out = fn.jvp(lambda p: self._f(p, x), self._params(), self.direction)
         return out
 
     @classmethod
-    def fit(cls, model: nn.Module, X_train: Tensor, y_train: Tensor, *, ridge: float = 0.0,
-            params: list[str] | None = None) -> KernelPredictor:
+    def fit(cls, model: nn.Module, X_train: fn.Inputs, y_train: Tensor, *, ridge: float = 0.0,
+            params: list[str] | None = None, output_fn: fn.OutputFn = None) -> KernelPredictor:
         """Kernel (ridge) regression on the empirical NTK: ``c = (K(X, X) + ridge I)^{-1} Y`` with
         ``Y = y`` (binary +-1 or real targets, one output) or one-hot ``y`` (integer labels, ``O``
         outputs), ``K`` the full ``(N O) x (N O)`` kernel (:func:`lazylab.ntk.ntk`, float64
@@ -116,13 +128,15 @@ class KernelPredictor(nn.Module):
         from lazylab.ntk import ntk
 
         with torch.no_grad():
-            o = _as_2d(model(X_train[:1])).shape[1]
+            o = _as_2d(fn.apply(model, fn.take(X_train, slice(0, 1)), output_fn)).shape[1]
         if y_train.is_floating_point():
             Y = y_train.reshape(-1, 1) if o == 1 else y_train
         else:
             Y = F.one_hot(y_train, o).to(torch.float64)
-        K = ntk(model, X_train, output="full", params=params, accumulate_dtype=torch.float64)
-        n = X_train.shape[0]
+        K = ntk(model, X_train, output="full", params=params, accumulate_dtype=torch.float64,
+                output_fn=output_fn)
+        n = fn.batch_size(X_train)
         Kf = K.permute(0, 2, 1, 3).reshape(n * o, n * o)
         c = solve_psd(Kf, Y.reshape(n * o, 1).to(torch.float64), ridge).reshape(n, o)
-        return cls(model, X_train, c.to(X_train.dtype), params=params)
+        dt = fn.float_dtype(X_train) or next(model.parameters()).dtype
+        return cls(model, X_train, c.to(dt), params=params, output_fn=output_fn)

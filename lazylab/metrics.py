@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.func import functional_call, vjp
 
+from lazylab import functional as fn
 from lazylab.regimes import Lazy, Linearized, weights
 
 __all__ = [
@@ -277,11 +278,11 @@ def linearization_error(model: nn.Module, linear_model: nn.Module, x: Tensor,
     Cost: two forwards."""
     _check_module(model, "model")
     _check_module(linear_model, "linear_model")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    x = fn.check_inputs(x, "x", finite=False)
     with torch.no_grad():
-        f = model(x.to(_device(model, x)))
-        g = linear_model(x.to(_device(linear_model, x))).to(f.device)
+        f = fn.apply(model, fn.cast_inputs(x, _device(model, fn.leaves(x)[0])))
+        g = fn.apply(linear_model, fn.cast_inputs(x, _device(linear_model, fn.leaves(x)[0])))
+        g = g.to(f.device)
     if f.shape != g.shape:
         raise ValueError(f"model and linear_model give outputs of shapes {tuple(f.shape)} and "
                          f"{tuple(g.shape)} on x")
@@ -343,6 +344,9 @@ def laziness_kappa(
 
     Operator norms, without forming the Jacobian ``J`` (``N O x P``) or any Hessian:
 
+    Any model of :mod:`lazylab.functional` (token or tuple/dict inputs, ``"logits"`` outputs);
+    forward-mode products fall back to the exact double-VJP identity where torch has none.
+
     - ``||Dh|| = sigma_max(J)``: ``n_iter`` Lanczos steps on ``J^T J`` (one ``jvp`` + one ``vjp`` each).
     - ``||D^2 h|| = sup_{|u|=|v|=1} ||D^2 h(w0)[u, v]||``, the operator norm of the symmetric
       bilinear map. For a symmetric map this equals ``sup_{|u|=1, |c|=1} |c^T D^2 h[u, u]|``
@@ -362,10 +366,12 @@ def laziness_kappa(
     forward+backward passes on ``x``); memory ``n_iter`` parameter-sized vectors.
     """
     _check_module(model, "model")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+    if not isinstance(x, (Tensor, tuple, list, dict)) or not isinstance(y, Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    x = fn.check_inputs(x, "x")
+    n_x = fn.batch_size(x)
+    if n_x != y.shape[0]:
+        raise ValueError(f"x has {n_x} rows but y has {y.shape[0]}")
     for name, v in (("n_iter", n_iter), ("n_outer", n_outer), ("n_restarts", n_restarts)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -373,7 +379,7 @@ def laziness_kappa(
         model = copy.deepcopy(model).to(dtype)
     p0 = next(model.parameters())
     dev, dt = p0.device, (dtype or p0.dtype)
-    x = x.to(dev, dt if x.is_floating_point() else x.dtype)
+    x = fn.cast_inputs(x, dev, dt)
     was_training = model.training
     model.eval()
     named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -391,14 +397,14 @@ def laziness_kappa(
         return torch.cat([d[n].reshape(-1) for n in names])
 
     def h(params: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, {**frozen, **params}, (x,), tie_weights=True).reshape(-1)
+        return fn.call(model, {**frozen, **params}, x).reshape(-1)
 
     try:
         with torch.no_grad():
             out0 = h(named)
         yv = y.to(dev)
         if not yv.is_floating_point():
-            o = out0.numel() // x.shape[0]
+            o = out0.numel() // n_x
             yv = F.one_hot(yv.long(), o) if o > 1 else yv
         yv = yv.to(out0.dtype).reshape(-1)
         if yv.numel() != out0.numel():
@@ -412,10 +418,11 @@ def laziness_kappa(
 
         p_total = sum(sizes)
         # ||Dh||^2: top eigenvalue of J^T J
-        _, vjp_fn = vjp(h, named)
+        with fn.math_attention():
+            _, vjp_fn = vjp(h, named)
 
         def jtj(v: Tensor) -> Tensor:
-            return to_flat(vjp_fn(jvp(h, (named,), (to_dict(v),))[1])[0])
+            return to_flat(vjp_fn(fn.jvp(h, named, to_dict(v))[1])[0])
 
         sigma2, _ = _lanczos_top(jtj, randn(p_total), n_iter)
         sigma2 = max(sigma2, 0.0)
@@ -423,7 +430,7 @@ def laziness_kappa(
         # ||D^2 h||: alternate c <- D^2h[u,u]/|.|, u <- top |eigenvector| of H_c
         def second(u: Tensor) -> Tensor:  # D^2 h[u, u]
             ud = to_dict(u)
-            return jvp(lambda p: jvp(h, (p,), (ud,))[1], (named,), (ud,))[1]
+            return fn.jvp(lambda p: fn.jvp(h, p, ud)[1], named, ud)[1]
 
         best = 0.0
         for r in range(n_restarts):
@@ -436,7 +443,7 @@ def laziness_kappa(
                     def grad_c(p: dict[str, Tensor]) -> dict[str, Tensor]:
                         return vjp(h, p)[1](c)[0]
 
-                    return to_flat(jvp(grad_c, (named,), (to_dict(v),))[1])
+                    return to_flat(fn.jvp(grad_c, named, to_dict(v))[1])
 
                 _, u = _lanczos_top(hvp, u, n_iter)
                 g = second(u)
@@ -468,7 +475,7 @@ def _gating_net(model: nn.Module) -> list[tuple[nn.Module, dict[str, Tensor] | N
     return [(model, None)]
 
 
-def _preact_signs(model: nn.Module, x: Tensor) -> list[Tensor]:
+def _preact_signs(model: nn.Module, x: fn.Inputs) -> list[Tensor]:
     """Signs of the inputs of every ReLU-module call in the forward pass(es), in call order."""
     signs: list[Tensor] = []
 
@@ -478,11 +485,12 @@ def _preact_signs(model: nn.Module, x: Tensor) -> list[Tensor]:
     for net, params in _gating_net(model):
         handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, RELU_TYPES)]
         try:
+            args, kwargs = fn.call_args(x)
             with torch.no_grad():
                 if params is None:
-                    net(x)
+                    net(*args, **kwargs)
                 else:
-                    functional_call(net, params, (x,), tie_weights=True, strict=False)
+                    functional_call(net, params, args, kwargs, tie_weights=True, strict=False)
         finally:
             for hd in handles:
                 hd.remove()
@@ -504,18 +512,20 @@ def activation_stability(model0: nn.Module, model: nn.Module, x: Tensor, batch_s
     """
     _check_module(model0, "model0")
     _check_module(model, "model")
-    if not isinstance(x, Tensor) or x.shape[0] == 0:
+    if not isinstance(x, (Tensor, tuple, list, dict)) or (isinstance(x, Tensor) and (
+            x.dim() == 0 or x.shape[0] == 0)):
         raise ValueError("x must be a non-empty tensor of inputs")
+    x = fn.check_inputs(x, "x", finite=False)
     modes = (model0.training, model.training)
     model0.eval()
     model.eval()
     same: list[float] = []
     total: list[float] = []
     try:
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i:i + batch_size]
-            s0 = _preact_signs(model0, xb.to(next(model0.parameters()).device))
-            s1 = _preact_signs(model, xb.to(next(model.parameters()).device))
+        for i in range(0, fn.batch_size(x), batch_size):
+            xb = fn.take(x, slice(i, i + batch_size))
+            s0 = _preact_signs(model0, fn.cast_inputs(xb, next(model0.parameters()).device))
+            s1 = _preact_signs(model, fn.cast_inputs(xb, next(model.parameters()).device))
             if not s0:
                 raise ValueError(
                     f"model0 ({type(model0).__name__}) has no nn.ReLU/ReLU6/LeakyReLU module called in "

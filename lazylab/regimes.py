@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+
+from lazylab import functional as fn
+from lazylab.checks import check_alpha, check_finite_tensors
+from lazylab.functional import OutputFn
 
 __all__ = [
     "Lazy",
@@ -48,19 +51,15 @@ def _check_module(model: object, arg: str = "model") -> nn.Module:
     return model
 
 
-def _check_alpha(alpha: float) -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a positive finite number, got {alpha!r}") from None
-    if not math.isfinite(a) or a <= 0:
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    return a
-
-
 def trainable_names(model: nn.Module) -> list[str]:
     """Names of the parameters of ``model`` that require grad (shared parameters listed once)."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _in_functorch_transform() -> bool:
+    """Whether a torch.func transform (vmap, grad, jvp, ...) is active around this call."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def _key(name: str) -> str:
@@ -110,6 +109,17 @@ class Lazy(nn.Module):
 
     BatchNorm: the policy of :func:`linearize` (eval-mode running statistics, never updated;
     BatchNorm without running statistics refused), so ``h(w0)`` and ``h(w)`` see the same statistics.
+    Any other buffer written in ``forward`` is refused at the first call, naming the module.
+
+    Dropout (train mode): every evaluation inside one forward (``h(w0 + delta)``, ``h(w0)``, the
+    second copy) starts from the same random state, so all draw the *same* mask: the output is
+    exactly zero at ``delta = 0`` and its gradient is ``alpha * grad h`` with that mask. The
+    generator is left where one plain forward of the model would leave it.
+
+    Inputs and outputs: ``x`` as in :mod:`lazylab.functional` (a tensor of any dtype, or a
+    tuple/dict of batched tensors: ``lz(ids, mask)`` or ``lz(**batch)``); only floating leaves are
+    cast to ``compute_dtype``. ``output_fn`` selects the output tensor (e.g. ``"logits"``).
+    Weight tying: a shared tensor has one displacement (``functional_call`` ties it).
 
     Cost: one forward of the model per copy plus one at ``w0`` (copy centering).
     """
@@ -120,12 +130,17 @@ class Lazy(nn.Module):
         alpha: float,
         center: str = "copy",
         compute_dtype: torch.dtype | None = None,
+        output_fn: OutputFn = None,
     ) -> None:
         super().__init__()
         _check_module(model)
+        self.output_fn = output_fn
+        self._checked: set[bool] = set()
         if center not in CENTER_MODES:
             raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
-        self.alpha = _check_alpha(alpha)
+        # refused outside the float-precision safe range (lazylab.checks.alpha_range); NaN weights too
+        self.alpha = check_alpha(alpha, next(model.parameters()).dtype, compute_dtype)
+        check_finite_tensors(model.named_parameters(), "lazy")
         self.center = center
         self._names = trainable_names(model)
         if not self._names:
@@ -162,27 +177,54 @@ class Lazy(nn.Module):
             return torch.float64
         return dtype
 
-    def _eval(self, base: dict[str, Tensor], x: Tensor, delta: nn.ParameterDict | None) -> Tensor:
+    def _eval(self, base: dict[str, Tensor], x: fn.Inputs, delta: nn.ParameterDict | None
+              ) -> Tensor:
         state = dict(base)
         if delta is not None:
             for n in self._names:
                 state[n] = state[n] + delta[_key(n)].to(state[n].dtype)
-        return functional_call(self.model, state, (x,), tie_weights=True)
+        return fn.call(self.model, state, x, self.output_fn)
 
-    def forward(self, x: Tensor) -> Tensor:
-        cdt = self._cdtype(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    def _other(self, base: dict[str, Tensor], x: fn.Inputs) -> Tensor:
+        """The subtracted term: ``h(w0)`` (copy) or ``h(w0 + delta_b)`` (symmetric).
+
+        ``h(w0)`` is a constant: it is evaluated without a graph, but with its weights flagged
+        ``requires_grad`` so that torch picks the same kernels as for ``h(w0 + delta)`` (e.g. the
+        RNN kernels differ in rounding with that flag): the difference is exactly 0 at init.
+        """
+        if self.center == "symmetric":
+            return self._eval(base, x, self.delta_b)
+        if _in_functorch_transform():  # requires_grad_ is illegal there; the term is a constant
+            return self._eval({n: t.detach() for n, t in base.items()}, x, None)
+        with torch.no_grad():
+            flagged = {n: base[n].detach().requires_grad_() if n in self._names else t
+                       for n, t in base.items()}
+            return self._eval(flagged, x, None)
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        """``alpha * (h(w0 + delta, x) - h(w0, x))``; ``x`` = ``args``/``kwargs`` as for the model."""
+        x = fn.check_inputs(fn.pack_args(args, kwargs), "x", finite=False)
+        ref = fn.float_dtype(x) or next(self.model.parameters()).dtype
+        cdt = self._cdtype(ref)
+        if self.training not in self._checked:
+            fn.check_buffers_frozen(self.model, x, "lazy")
+            self._checked.add(self.training)
         # w0 (and buffers) in the compute dtype, built once per forward and shared by every copy
         base = {n: t.to(cdt) if t.is_floating_point() else t
-                for n, t in self.model.state_dict(keep_vars=True).items()}
-        xc = x.to(cdt)
-        if self.center == "copy":
-            out = self._eval(base, xc, self.delta) - self._eval(base, xc, None)
-        elif self.center == "symmetric":
-            out = (self._eval(base, xc, self.delta) - self._eval(base, xc, self.delta_b)) / math.sqrt(2)
-        else:
-            out = self._eval(base, xc, self.delta)
-        out = self.alpha * out
-        return out.to(x.dtype) if x.is_floating_point() else out
+                for n, t in fn.state_of(self.model).items()}
+        xc = fn.cast_inputs(x, dtype=cdt)
+        dev = fn.leaves(xc)[0].device
+        start = fn.rng_state(dev)  # every evaluation draws the same dropout masks
+        out = self._eval(base, xc, self.delta)
+        if self.center != "none":
+            after = fn.rng_state(dev)
+            fn.set_rng_state(start, dev)
+            other = self._other(base, xc)
+            fn.set_rng_state(after, dev)
+            out = out - other
+            if self.center == "symmetric":
+                out = out / math.sqrt(2)
+        return (self.alpha * out).to(ref)
 
     def effective_weights(self) -> dict[str, Tensor]:
         """The weights the model is evaluated at: ``w0 + delta`` (``a.`` / ``b.`` prefixed copies
@@ -208,15 +250,32 @@ class Linearized(nn.Module):
 
     BatchNorm policy: BatchNorm layers are always evaluated with their running statistics (eval mode)
     and never update them, so the linearization is per-example; BatchNorm without running statistics is
-    refused. Shared modules (weight tying) are handled: ``functional_call`` ties the shared weight.
+    refused; any other buffer written in ``forward`` is refused at the first call, naming the
+    module. Shared modules (weight tying) are handled: ``functional_call`` ties the shared weight.
+
+    Dropout (train mode): ``h(w0, x)`` and ``J(w0, x)(w - w0)`` come from one forward pass, so they
+    share one mask (a fresh one per call, as the model itself would draw).
+
+    Forward mode: :func:`lazylab.functional.jvp` (``forward_mode="auto"``): ``torch.func.jvp``, or,
+    for ops without a forward-mode rule (mkldnn RNNs, fused attention), the exact double-VJP
+    identity. Inputs/outputs as in :mod:`lazylab.functional` (``lin(ids, mask)``,
+    ``output_fn="logits"``).
     """
 
-    def __init__(self, model: nn.Module, center: bool = False) -> None:
+    def __init__(self, model: nn.Module, center: bool = False, output_fn: OutputFn = None,
+                 forward_mode: str = "auto") -> None:
         super().__init__()
         _check_module(model)
         _check_batchnorm(model, "linearize")
+        if forward_mode not in ("auto", "forward", "double_vjp"):
+            raise ValueError("forward_mode must be 'auto', 'forward' or 'double_vjp', got "
+                             f"{forward_mode!r}")
+        check_finite_tensors(model.named_parameters(), "linearize")
         self.model = model
         self.center = bool(center)
+        self.output_fn = output_fn
+        self.forward_mode = forward_mode
+        self._checked: set[bool] = set()
         self._names = trainable_names(model)
         if not self._names:
             raise ValueError("model has no trainable parameters (all have requires_grad=False)")
@@ -235,15 +294,20 @@ class Linearized(nn.Module):
         _freeze_batchnorm(self.model)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *args: object, **kwargs: object) -> Tensor:
+        """``h(w0, x) + J(w0, x)(w - w0)``; ``x`` = ``args``/``kwargs`` as for the model."""
+        x = fn.check_inputs(fn.pack_args(args, kwargs), "x", finite=False)
+        if self.training not in self._checked:
+            fn.check_buffers_frozen(self.model, x, "linearize")
+            self._checked.add(self.training)
         named = dict(self.model.named_parameters())
         w0 = self.params0
         tangent = {n: named[n] - w0[n] for n in self._names}
 
         def f(p: dict[str, Tensor]) -> Tensor:
-            return functional_call(self.model, p, (x,), tie_weights=True)
+            return fn.call(self.model, p, x, self.output_fn)
 
-        out0, dout = jvp(f, (w0,), (tangent,))
+        out0, dout = fn.jvp(f, w0, tangent, mode=self.forward_mode)
         return dout if self.center else out0 + dout
 
     def effective_weights(self) -> dict[str, Tensor]:
@@ -259,39 +323,50 @@ def lazy(
     alpha: float,
     center: str = "copy",
     compute_dtype: torch.dtype | None = None,
+    output_fn: OutputFn = None,
 ) -> Lazy:
     """Rescaled model ``alpha * (h(w, x) - h(w0, x))`` with loss scale ``1/alpha**2``.
 
     Args:
         model: any module with trainable parameters; its current weights are ``w0``. A frozen copy
             is kept; ``model`` itself is not modified.
-        alpha: scale, finite and > 0. Large alpha = lazy training.
+        alpha: scale inside :func:`lazylab.checks.alpha_range` (float32 weights: ``5.4e-20 ..
+            4.5e11``; with ``compute_dtype=torch.float32``: ``.. 839``): beyond it the float
+            rounding of ``w0 + delta`` swallows the update, so it is refused. Large alpha = lazy.
         center: ``"copy"`` | ``"symmetric"`` | ``"none"`` (see :class:`Lazy`).
         compute_dtype: dtype of the forward evaluation (default: float64 when alpha is too large for
             the input's precision, else the input's dtype).
+        output_fn: which output to use when the model returns a tuple/dict/``ModelOutput`` (see
+            :func:`lazylab.functional.select_output`; default: a tensor, or ``"logits"``).
 
     Returns:
         A :class:`Lazy` module; ``loss_scale`` = ``1/alpha**2``. In your own loop:
         ``loss = lz.loss_scale * criterion(lz(x), y)``.
     """
-    return Lazy(model, alpha, center=center, compute_dtype=compute_dtype)
+    return Lazy(model, alpha, center=center, compute_dtype=compute_dtype, output_fn=output_fn)
 
 
-def linearize(model: nn.Module, center: bool = False) -> Linearized:
+def linearize(model: nn.Module, center: bool = False, output_fn: OutputFn = None,
+              forward_mode: str = "auto") -> Linearized:
     """Tangent model ``h(w0, x) + J(w0, x)(w - w0)`` around the model's current weights ``w0``.
 
     The returned module shares ``model`` (its parameters are the trainable ``w``); ``center=True``
-    drops ``h(w0, x)``. Computed with ``torch.func.jvp``; see :class:`Linearized`.
+    drops ``h(w0, x)``. ``output_fn`` selects the output (see :mod:`lazylab.functional`).
+    Computed with ``torch.func.jvp``, or the exact double-VJP fallback where torch has no
+    forward mode (``forward_mode``); see :class:`Linearized`.
     """
-    return Linearized(model, center=center)
+    return Linearized(model, center=center, output_fn=output_fn, forward_mode=forward_mode)
 
 
 def _last_layer_names(model: nn.Module) -> list[str]:
+    """Parameters of the last module owning any, under their canonical (first) names: a decoder
+    tied to the embedding gives the shared tensor's name."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
     last: list[str] = []
-    for mod_name, mod in model.named_modules():
-        own = [n for n, _ in mod.named_parameters(recurse=False)]
+    for mod in model.modules():
+        own = [canonical[id(p)] for p in mod.parameters(recurse=False)]
         if own:
-            last = [f"{mod_name}.{n}" if mod_name else n for n in own]
+            last = own
     return last
 
 

@@ -30,7 +30,7 @@ Asymptotics (``N/d -> rho``, W with iid Gaussian entries; ``B_0 = B - (tr B/d) I
     R_RF -> 2 ||B_0||_F^2 + 2 (tr B)^2 / (d (1 + rho))
     R_NT -> 2 (1-rho)_+^2 ||B_0||_F^2 + 2 (1-rho)_+ (tr B)^2 / d
 
-Provenance: these are derivations ([D]) in /work/shared/PAPERS.md Sec. 2.1 (the paper's body was not
+Provenance: these are our derivations ([D]) in docs/papers.md §2.3 (the paper's body was not
 available), re-derived here and checked numerically in tests/test_risks.py (Monte Carlo and a least
 squares fit on samples, float64). RF: ``G = (I + 11^T/d)(1 + o(1))`` for ``w_i ~ N(0, I/d)`` and the
 isotropic target ``||x||^2 - d`` correlates equally with every feature -> explained fraction

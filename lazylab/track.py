@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab.regimes import linearize, weights
 from lazylab.trainer import log_schedule
 
@@ -74,10 +75,11 @@ class LinearizedTwin:
     Cost per step: one linearized training step (about 2-3 model steps).
     """
 
-    def __init__(self, points: Tensor) -> None:
-        if not isinstance(points, Tensor) or points.shape[0] == 0:
+    def __init__(self, points: fn.Inputs) -> None:
+        if not isinstance(points, (Tensor, tuple, list, dict)) or (
+                isinstance(points, Tensor) and (points.dim() == 0 or points.shape[0] == 0)):
             raise ValueError("points must be a non-empty tensor of inputs")
-        self.points = points
+        self.points = fn.check_inputs(points, "points", finite=False)
         self.twin: nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
         self._opt_state: dict[str, Any] | None = None  # set by load_state_dict until the next step
@@ -86,7 +88,7 @@ class LinearizedTwin:
         self.twin = linearize(copy.deepcopy(state.model))
         self.twin.train(state.model.training)
         self.opt = state.make_optimizer([p for p in self.twin.parameters() if p.requires_grad])
-        self.points = self.points.to(state.X.device, state.X.dtype)
+        self.points = state.inputs_like_data(self.points)
 
     def on_step(self, state: Any, xb: Tensor, yb: Tensor) -> None:
         assert self.twin is not None
@@ -98,7 +100,7 @@ class LinearizedTwin:
         for g in self.opt.param_groups:
             g["lr"] = state.lr
         self.opt.zero_grad(set_to_none=True)
-        (state.loss_scale * state.loss(self.twin(xb), yb)).backward()
+        (state.loss_scale * state.loss(fn.apply(self.twin, xb), yb)).backward()
         self.opt.step()
 
     def __call__(self, state: Any) -> dict[str, float]:
@@ -161,7 +163,7 @@ class KernelTracker:
 
     def __init__(
         self,
-        probe_x: Tensor,
+        probe_x: fn.Inputs,
         probe_y: Tensor | None = None,
         schedule: int | Sequence[int] | None = None,
         total_steps: int | None = None,
@@ -171,11 +173,15 @@ class KernelTracker:
         k: int = 10,
         method: str = "auto",
     ) -> None:
-        if not isinstance(probe_x, Tensor) or probe_x.dim() == 0 or probe_x.shape[0] < 2:
-            raise ValueError("probe_x must be a tensor of at least 2 inputs (N, ...)")
+        ok = isinstance(probe_x, (tuple, list, dict)) or (
+            isinstance(probe_x, Tensor) and probe_x.dim() > 0)
+        if not ok or fn.batch_size(fn.check_inputs(probe_x, "probe_x", finite=False)) < 2:
+            raise ValueError("probe_x must be a tensor (or tuple/dict of tensors) of at least 2 "
+                             "inputs (N, ...)")
+        n_probe = fn.batch_size(probe_x)
         if probe_y is not None:
-            if not isinstance(probe_y, Tensor) or probe_y.shape[0] != probe_x.shape[0]:
-                raise ValueError(f"probe_y must be a tensor with {probe_x.shape[0]} rows "
+            if not isinstance(probe_y, Tensor) or probe_y.shape[0] != n_probe:
+                raise ValueError(f"probe_y must be a tensor with {n_probe} rows "
                                  "(one per probe input)")
         self.probe_x, self.probe_y = probe_x, probe_y
         self.every: int | None = None
@@ -205,7 +211,7 @@ class KernelTracker:
     def _kernel(self, state: Any) -> Tensor:
         from lazylab.ntk import ntk
 
-        self.probe_x = self.probe_x.to(state.X.device, state.X.dtype)  # also after a resume
+        self.probe_x = state.inputs_like_data(self.probe_x)  # also after a resume
         return ntk(state.model, self.probe_x, method=self.method, output="trace",
                    accumulate_dtype=torch.float64, progress=False)
 
@@ -241,10 +247,13 @@ class KernelTracker:
                                 step=np.int64(step))
 
     def start(self, state: Any) -> None:
-        self.probe_x = self.probe_x.to(state.X.device, state.X.dtype)
+        self.probe_x = state.inputs_like_data(self.probe_x)
         if self.store is not None:
             self.store.mkdir(parents=True, exist_ok=True)
-            arrays = {"x": self.probe_x.detach().cpu().numpy()}
+            px = self.probe_x
+            named = {"x": px} if isinstance(px, Tensor) else {
+                f"x_{k}": v for k, v in (px.items() if isinstance(px, dict) else enumerate(px))}
+            arrays = {k: v.detach().cpu().numpy() for k, v in named.items()}
             if self.probe_y is not None:
                 arrays["y"] = self.probe_y.detach().cpu().numpy()
             np.savez_compressed(self.store / "probe.npz", **arrays)

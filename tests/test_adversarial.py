@@ -111,3 +111,45 @@ def test_bad_arguments():
         NeuronBall(net.hidden, -1.0)
     with pytest.raises(TypeError, match="nn.Linear"):
         NeuronBall(nn.Conv2d(1, 1, 3), 1.0)
+
+
+def _lazy_pair(alpha, seed=0):
+    import lazylab
+
+    torch.manual_seed(seed)
+    h = TwoLayerNet(2, 16).double()
+    return h, lazylab.lazy(h, alpha)
+
+
+def _delta_norm(lz):
+    return float(torch.sqrt(sum((p.detach() ** 2).sum() for p in lz.parameters() if p.requires_grad)))
+
+
+def test_adversarial_training_of_a_lazy_model_scales_the_loss_by_one_over_alpha_squared():
+    # one clean full-batch step from delta = 0: the objective is (1/alpha^2) mean_i logistic(alpha f_i)
+    # with f = h(w) - h(w0) = 0 at init, so delta = -(lr / alpha) mean_i (-y_i / 2) grad_w h(x_i; w0)
+    X, y = _blobs(40)
+    X, y = X.double(), y.double()
+    alpha, lr = 50.0, 0.3
+    h, lz = _lazy_pair(alpha)
+    adversarial_train(lz, (X, y), epochs=1, lr=lr, batch_size=40, mode="clean")
+    h0 = h
+    out = h0(X).reshape(-1)
+    grads = torch.autograd.grad((-y / 2 * out).mean(), list(h0.parameters()))
+    expected = torch.sqrt(sum((((lr / alpha) * g) ** 2).sum() for g in grads))
+    assert _delta_norm(lz) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_adversarial_weight_change_of_a_lazy_model_shrinks_as_one_over_alpha():
+    # lazy regime (Chizat et al.): with the 1/alpha^2 loss the function moves by O(1) and the weights
+    # by O(1/alpha), so alpha * ||delta|| is the same for alpha = 100 and 1000 up to O(1/alpha)
+    X, y = _blobs(64)
+    X, y = X.double(), y.double()
+    moved = {}
+    for alpha in (100.0, 1000.0):
+        _, lz = _lazy_pair(alpha)
+        adversarial_train(lz, (X, y), epochs=3, lr=0.5, batch_size=16, mode="clean+adversarial",
+                          eps=0.05, attack_steps=3, seed=1)
+        moved[alpha] = alpha * _delta_norm(lz)
+    assert moved[100.0] > 1e-3  # it trained
+    assert moved[1000.0] == pytest.approx(moved[100.0], rel=0.03)

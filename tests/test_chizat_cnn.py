@@ -194,3 +194,20 @@ def test_report_fig3b_table():
     assert verdict["test acc vgg11 wide, alpha=1e+07 (paper Fig 3b: 61.7%)"]
     assert not verdict["test acc resnet18 wide, alpha=1e+07 (paper Fig 3b: 56.7%)"]  # 40 % is off
     assert set(rep.table["paper_test_acc"]) == {0.897, 0.617, 0.910, 0.567}
+
+
+def test_fig3a_claims_fail_on_untrained_nets():
+    """Negative control: with a learning rate of ~0 (nothing learned; the centered model predicts
+    0 for every alpha) the accuracy does not fall with alpha and there is no drop, so those claims,
+    and the plateau claim that needs them, fail."""
+    rows = []
+    for seed in (0, 1, 2):
+        for alpha in (1.0, 10.0, 100.0, 1e4):
+            cfg = ChizatCNNConfig(width=4, depth=2, epochs=1, n_train=128, n_test=64,
+                                  n_stability=16, alpha=alpha, eta0=1e-12, n_track=2, seed=seed)
+            rows += [{**r, "alpha": alpha, "seed": seed, "model": "smallcnn"}
+                     for r in run_cell(cfg, RunContext(progress=False))]
+    rep = report(pd.DataFrame(rows), ChizatCNNConfig())
+    claims = [c for c in rep.checks if c.kind == "claim"]
+    assert len(claims) == 3 and not any(c.passed for c in claims), claims
+    assert all(c.n == 3 for c in claims)

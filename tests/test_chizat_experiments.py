@@ -307,3 +307,110 @@ def test_cell_threads_sets_and_restores():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(prev)
+
+
+# ----------------------------------------------------------------------------- negative controls
+def _scale_run(taus, steps, lin_tau=1.0, seeds=(0, 1, 2)):
+    rows = []
+    for seed in seeds:
+        for tau in taus:
+            cfg = chizat_scale.ChizatScaleConfig(seed=seed, tau=tau, d=10, m=20, n_train=60,
+                                                 n_test=100, steps=steps, lin_tau=lin_tau,
+                                                 track_every=10, dtype="float64")
+            (r,) = chizat_scale.run_cell(cfg, CTX)
+            rows.append({**r, "tau": tau, "seed": seed, "cell_id": f"{tau}-{seed}"})
+    return pd.DataFrame(rows)
+
+
+def test_scale_claims_fail_on_an_untrained_net():
+    """Negative control: with no training every tau gives the zero predictor's loss, so the
+    plateau/small-tau ratio, the rise and the paper's values must all fail."""
+    df = _scale_run((0.01, 0.0316, 0.5, 1.0), steps=0)
+    rep = chizat_scale.report(df, chizat_scale.ChizatScaleConfig(paper_checks=True))
+    got = {c.name.split(" (")[0].split(":")[0]: c for c in rep.checks}
+    for name in ("plateau", "rise starts", "rise done", "small tau", "plateau end test loss, 1000x",
+                 "plateau best test loss, 1000x"):
+        key = next(k for k in got if k.startswith(name))
+        assert not got[key].passed and got[key].verdict == "not reproduced", key
+        assert got[key].n == 3  # measured on each of the 3 trials
+    assert got["plateau"].value == pytest.approx(1.0)
+
+
+def test_scale_claims_fail_in_the_wrong_regime():
+    """Negative control on trained nets (d = 10, m = 20): 'plateau = linearized model' judged on
+    a feature-learning scale (tau = 0.1 taken as the plateau) fails, while at tau = 1 it holds
+    (the linearized model's function-space path does not depend on tau)."""
+    df = _scale_run((0.1, 1.0), steps=200, lin_tau=0.1)
+    lazy_rep = chizat_scale.report(df, chizat_scale.ChizatScaleConfig(plateau_tau=1.0))
+    lin = next(c for c in lazy_rep.checks if "linearized" in c.name)
+    assert lin.passed
+    feat = chizat_scale.report(df[df["tau"] == 0.1], chizat_scale.ChizatScaleConfig(plateau_tau=0.1))
+    lin_f = next(c for c in feat.checks if "linearized" in c.name)
+    assert not lin_f.passed and lin_f.value > 0.5
+
+
+def test_width_claims_fail_on_untrained_nets():
+    """Negative control: untrained nets (steps = 0) of either scaling predict ~0 against a teacher
+    scaled by 100, so the 1/sqrt(m)-over-1/m ratio and the rise with m are ~1 and must fail."""
+    recs = []
+    for seed in (0, 1, 2):
+        for m in (4, 64):
+            for sc in ("sqrt", "mean_field"):
+                cfg = chizat_width.ChizatWidthConfig(m=m, scaling=sc, d=10, n_train=20, n_test=50,
+                                                     steps=0, n_track=1, seed=seed)
+                recs += [{"m": m, "scaling": sc, "seed": seed, "cell_id": f"{sc}{m}-{seed}", **r}
+                         for r in chizat_width.run_cell(cfg, CTX)]
+    rep = chizat_width.report(pd.DataFrame(recs), chizat_width.ChizatWidthConfig(ratio_target=2.0))
+    assert len(rep.checks) == 2 and all(c.n == 3 for c in rep.checks)
+    assert not any(c.passed for c in rep.checks), [(c.name, c.value) for c in rep.checks]
+    assert rep.checks[0].value == pytest.approx(1.0, abs=0.2)
+
+
+def _traj(tau, steps, lr, seeds=(0, 1, 2)):
+    recs = []
+    for seed in seeds:
+        cfg = chizat_trajectories.ChizatTrajectoriesConfig(tau=tau, steps=steps, lr=lr, n_track=4,
+                                                            seed=seed)
+        recs += [{"tau": tau, "m": 20, "n_train": 15, "symmetric": True, "seed": seed,
+                  "cell_id": f"{tau}-{seed}", **r} for r in chizat_trajectories.run_cell(cfg, CTX)]
+    return pd.DataFrame(recs)
+
+
+def test_trajectory_claims_fail_on_controls():
+    """Negative controls: an untrained net (lr ~ 0) neither interpolates nor moves its neurons,
+    so 'near-zero train loss' and 'non-lazy: shrinks a lot' fail; a feature-learning run
+    (tau = 0.1, 2000 steps) judged as lazy (lazy_tau = 0.05) fails 'hardly shrinks'."""
+    cfg = chizat_trajectories.ChizatTrajectoriesConfig
+    un = chizat_trajectories.report(_traj(0.1, steps=2, lr=1e-12), cfg())
+    assert len(un.checks) == 2 and not any(c.passed for c in un.checks), un.checks
+    assert un.checks[1].value == pytest.approx(1.0, abs=1e-6) and un.checks[1].n == 3
+    feat = chizat_trajectories.report(_traj(0.1, steps=2000, lr=0.05), cfg(lazy_tau=0.05))
+    lazy_claim = [c for c in feat.checks if c.name.startswith("lazy")][0]
+    assert not lazy_claim.passed and lazy_claim.value < 0.6
+
+
+def test_rates_claims_fail_on_controls():
+    """Negative controls of Thm 2.2's rates: (i) the 'copy'-centered run (second-order term not
+    cancelled) judged as 'symmetric' fails 'function gap faster than 1/alpha' while the real
+    symmetric run passes; (ii) an untrained run (lr ~ 0: nothing moves, every gap is 0) has no
+    slope, so the copy claims fail."""
+    def run(center, lr, seeds=(0, 1, 2)):
+        rows = []
+        for seed in seeds:
+            for a in (1.0, 10.0, 100.0):
+                cfg = chizat_rates.ChizatRatesConfig(alpha=a, center=center, m=10, n=8, steps=20,
+                                                     track_every=5, lr=lr, seed=seed)
+                rows += [{**r, "alpha": a, "center": center, "seed": seed}
+                         for r in chizat_rates.run_cell(cfg, CTX)]
+        return pd.DataFrame(rows)
+
+    sym = run("symmetric", 0.5)
+    faster = [c for c in chizat_rates.report(sym, chizat_rates.ChizatRatesConfig()).checks
+              if "faster" in c.name][0]
+    assert faster.passed and faster.n == 3
+    copy_as_sym = run("copy", 0.5).assign(center="symmetric")
+    bad = [c for c in chizat_rates.report(copy_as_sym, chizat_rates.ChizatRatesConfig()).checks
+           if "faster" in c.name][0]
+    assert not bad.passed and bad.value == pytest.approx(-1.0, abs=0.2)
+    still = chizat_rates.report(run("copy", 1e-300), chizat_rates.ChizatRatesConfig())
+    assert len(still.checks) == 3 and not any(c.passed for c in still.checks)

@@ -102,3 +102,25 @@ def test_quick_preset_end_to_end(tmp_path):
     run_experiment("chizat-kernel-limit", preset="quick", out=tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert all(c["passed"] for c in summary["checks"]), summary["checks"]
+
+
+def test_claims_fail_when_the_net_does_not_match_the_limit():
+    """Negative control: parameters with std 1.5 instead of the limit's 1 make K_m converge to
+    2.25 K, so the relative error to eq. (8) stalls at ~1.25: the -1/2 slope and the
+    'error < 3 m^-1/2' claims must fail (and hold for std 1 on the same sizes)."""
+    import pandas as pd
+
+    from lazylab.lab.experiments import chizat_kernel_limit as kl
+    from lazylab.lab.registry import RunContext
+
+    def run(std):
+        rows = []
+        for seed in (0, 1, 2):
+            for m in (16, 256, 4096):
+                cfg = kl.KernelLimitConfig(m=m, seed=seed, n_points=12, n_angles=3, init_std=std)
+                rows += [{**r, "m": m, "seed": seed} for r in kl.run_cell(cfg, RunContext(progress=False))]
+        return kl.report(pd.DataFrame(rows), kl.KernelLimitConfig())
+
+    good, bad = run(1.0), run(1.5)
+    assert all(c.passed and c.n == 3 for c in good.checks), good.checks
+    assert len(bad.checks) == 2 and not any(c.passed for c in bad.checks), bad.checks

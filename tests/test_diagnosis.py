@@ -11,6 +11,7 @@ import torch
 from lazylab.data import sphere, teacher_two_layer
 from lazylab.diagnosis import THRESHOLDS, alpha_crossover, diagnose, verdict_from
 from lazylab.lab import diagnose_cli
+from lazylab.lab import diagnosis_render as render
 from lazylab.models import TwoLayerNet
 
 D = 8
@@ -44,14 +45,14 @@ def test_wide_net_large_alpha_is_lazy(tmp_path):
     assert n["train_loss"] < 0.5 * n["train_loss_init"]  # it trained
     assert n["activation_stability"] > 0.99
     assert 0 < n["kappa"] < 0.01
-    md = rep.to_markdown()
+    md = render.to_markdown(rep)
     assert "Verdict: **lazy**" in md
     assert f"{n['kernel_rel_change']:.3g}" in md and f"{n['lin_gap_rel']:.3g}" in md  # numbers shown
-    path = rep.save(tmp_path / "rep")
+    path = render.save(rep, tmp_path / "rep")
     assert path.read_text() == md
     for f in ("figures/diagnose_curves.png", "figures/diagnose_spectrum.png", "history.csv", "kernel.csv"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
-    assert set(rep.figures) == {"curves", "spectrum"}
+    assert set(render.figures(rep)) == {"curves", "spectrum"}
 
 
 def test_cli_narrow_net_small_alpha_is_feature_learning(tmp_path, capsys):
@@ -158,7 +159,7 @@ def test_alpha_crossover_brackets_the_threshold(tmp_path):
     for a, c in zip(t["alpha"], t["kernel_rel_change"]):
         assert (c >= 0.1) == (a <= lo), (a, c)
     assert (t.phase == "bisection").sum() >= 1
-    path = res.save(tmp_path / "x")
+    path = render.save_crossover(res, tmp_path / "x")
     assert (tmp_path / "x" / "figures" / "alpha_crossover.png").stat().st_size > 0
     assert f"alpha* = {res.alpha_star:.4g}" in path.read_text()
     with pytest.raises(TypeError, match="must return a torch.nn.Module"):

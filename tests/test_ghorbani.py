@@ -222,3 +222,70 @@ def test_quick_runs_end_to_end(tmp_path, name, preset):
     expected = [c for c in summ["checks"] if want is None or c["name"].startswith(want)]
     assert expected and all(c["passed"] for c in expected), expected
     assert np.isfinite(list(summ["metrics"].values())).all()
+
+
+# ----------------------------------------------------------------------------- negative controls
+def _cells(run, cfgs):
+    rows = []
+    for i, cfg in enumerate(cfgs):
+        for r in run(cfg, CTX):
+            rows.append({**r, "cell_id": i, "seed": cfg.seed, "regime": cfg.regime, "rho": cfg.rho,
+                         "activation": cfg.activation,
+                         "target_seed": getattr(cfg, "target_seed", 100)})
+    return pd.DataFrame(rows)
+
+
+def test_quadratic_sgd_claims_fail_on_barely_trained_nets():
+    """Negative controls: after 3 SGD steps no regime is near its optimum, so the (b) 'SGD reaches
+    the optimum' claims must fail; untrained NT and NN nets are the same function, so 'NN below NT
+    by > 0.05' must fail on them; the RF-limit claim fails on a run of another regime (NT, whose
+    optimum is 0 for rho >= 1) labelled RF."""
+    cfgs = [g.QuadraticConfig(d=8, rho=rho, regime=reg, steps=3, lr=0.3, nt_w_mult=1.0, seed=s,
+                              dtype="float64")
+            for s in (0, 1, 2) for reg in g.REGIMES for rho in (0.5, 1.5)]
+    df = _cells(g.run_quadratic, cfgs)
+    rep = g.report_quadratic(df, g.QuadraticConfig(d=8))
+    claims = {c.name.split(":")[0].split(" (")[0]: c for c in rep.checks if c.kind == "claim"}
+    for k in ("(b) RF", "(b) NT", "(b) NN"):
+        assert not claims[k].passed and claims[k].n == 3, (k, claims[k])
+    init = df[df["step"] == 0]
+    (gap,) = g._gap_claim(init, "quadratic")
+    assert not gap.passed and gap.value == pytest.approx(0.0, abs=1e-9)
+    wrong = df[df["regime"] == "nt"].assign(regime="rf")
+    rf = [c for c in g.report_quadratic(wrong, g.QuadraticConfig(d=8)).checks
+          if c.name.startswith("(a) RF")][0]
+    assert not rf.passed and rf.value > 0.6
+
+
+def test_quadratic_theory_claim_fails_for_the_wrong_regime():
+    """Negative control of (a): exact NT optima at d = 200 (4 target draws) agree with the NT limit
+    but not with the NN limit (the same numbers labelled NN)."""
+    cfgs = [g.QuadraticConfig(d=200, rho=0.5, regime="nt", steps=0, target_seed=t)
+            for t in range(100, 104)]
+    df = _cells(g.run_quadratic, cfgs)
+    ok = [c for c in g.report_quadratic(df, g.QuadraticConfig(d=200)).checks
+          if c.name.startswith("(a) max")][0]
+    assert ok.passed
+    lim = float(risks.exp_target_limits(0.5)["nn"])
+    wrong = df.assign(regime="nn", theory_norm=lim)
+    bad = [c for c in g.report_quadratic(wrong, g.QuadraticConfig(d=200)).checks
+           if c.name.startswith("(a) max")][0]
+    assert not bad.passed and bad.value > 0.2
+
+
+def test_mixture_claims_fail_on_controls():
+    """Negative controls: barely trained nets (3 steps) do not reach the Bayes error; a trained NN
+    (which does reach it with N = 2 s < d) labelled NT or RF fails 'NT does not for s <= N < d' and
+    'RF stays far'."""
+    cfgs = [g.MixtureConfig(d=8, s=2, delta=0.8, rho=rho, regime=reg, steps=3, n_test=2000, seed=s)
+            for s in (0, 1, 2) for reg in ("nt", "nn") for rho in (0.5, 1.5)]
+    rep = g.report_mixture(_cells(g.run_mixture, cfgs), g.MixtureConfig(d=8, s=2))
+    reach = [c for c in rep.checks if "reaches" in c.name]
+    assert len(reach) == 3 and not any(c.passed for c in reach)
+    nn = _cells(g.run_mixture, [g.MixtureConfig(d=8, s=2, delta=0.8, rho=0.5, regime="nn", steps=300,
+                                                n_test=2000, nn_second_layer="fixed")])
+    assert float((nn["test_error"] - nn["bayes_error"]).iloc[-1]) <= 0.01  # it learned
+    for label, name in (("nt", "NT does not"), ("rf", "RF stays far")):
+        c = [c for c in g.report_mixture(nn.assign(regime=label), g.MixtureConfig(d=8, s=2)).checks
+             if c.name.startswith(name)][0]
+        assert not c.passed, c

@@ -282,3 +282,108 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path / "c")]) == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+# --- report settings: outside the cell ids, re-judged by `lazylab report DIR --set` -------------
+
+TOL_PLUGIN = textwrap.dedent('''
+    import os
+    from dataclasses import dataclass
+    from lazylab.lab.registry import Experiment, Preset, Report, check, register
+
+    @dataclass
+    class Cfg:
+        seed: int = 0
+        x: int = 1
+        tol: float = 0.5          # report setting
+        log_dir: str = ""
+
+    def run_cell(cfg, ctx):
+        if cfg.log_dir:
+            with open(os.path.join(cfg.log_dir, "starts.log"), "a") as fh:
+                fh.write(f"{cfg.seed}\\n")
+        return [{"value": cfg.x + 0.1 * cfg.seed}]
+
+    def report(df, cfg):
+        c = check("value near 1", None, 1.0, atol=cfg.tol, seeds=df["value"], source="test")
+        return Report({}, [c], {})
+
+    register(Experiment("lab-tol", "report-setting test", Cfg,
+                        {"quick": Preset(sweep={"seed": [0, 1, 2]}), "paper": Preset()},
+                        run_cell, report, report_settings=("tol",)))
+''')
+
+
+@pytest.fixture
+def tol_plugin(tmp_path, monkeypatch):
+    (tmp_path / "lab_tol_plugin.py").write_text(TOL_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    list_experiments()
+    importlib.import_module("lab_tol_plugin")
+    yield
+    reg._REGISTRY.pop("lab-tol", None)
+    sys.modules.pop("lab_tol_plugin", None)
+
+
+def test_report_set_rejudges_without_recomputing(tol_plugin, tmp_path, capsys):
+    out, logs = tmp_path / "r", tmp_path / "logs"
+    logs.mkdir()
+    assert main(["run", "lab-tol", "--set", "tol=0.05", "--set", f"log_dir={logs}",
+                 "--out", str(out), "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["claims"] == {"total": 1, "passed": 0, "not_reproduced": ["value near 1"]}
+    assert not s["all_claims_reproduced"] and s["report_settings"] == {"tol": 0.05}
+    c = s["checks"][0]  # values 1.0, 1.1, 1.2: mean 1.1, sd 0.1 over 3 seeds
+    assert c["n"] == 3 and abs(c["mean"] - 1.1) < 1e-12 and abs(c["sd"] - 0.1) < 1e-12
+    assert c["verdict"] == "not reproduced" and c["kind"] == "claim"
+    assert "## Claims" in (out / "report.md").read_text()
+    db_before = (out / "results.sqlite").read_bytes()
+    capsys.readouterr()
+    assert main(["report", str(out), "--set", "tol=0.2"]) == 0
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["all_claims_reproduced"] and s2["overridden"] == {"tol": 0.2}
+    assert "Re-judged" in (out / "report.md").read_text()
+    assert (out / "results.sqlite").read_bytes() == db_before  # the store is not touched
+    assert (logs / "starts.log").read_text().split() == ["0", "1", "2"]  # nothing recomputed
+    # a key that changes the cells is refused, naming the report settings
+    assert main(["report", str(out), "--set", "x=2"]) == 2
+    assert "not a report setting" in capsys.readouterr().err
+    # sweeping a report setting is refused before anything runs
+    assert main(["run", "lab-tol", "--sweep", "tol=0.1,0.2", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 2
+    assert "only change how the report judges" in capsys.readouterr().err
+    # resume with another tolerance: no cell re-runs, the report uses the new value
+    assert main(["run", "lab-tol", "--set", "tol=0.3", "--set", f"log_dir={logs}", "--out",
+                 str(out), "--resume", "--no-progress"]) == 0
+    assert (logs / "starts.log").read_text().split() == ["0", "1", "2"]
+    assert json.loads((out / "summary.json").read_text())["all_claims_reproduced"]
+
+
+def test_cell_ids_leave_out_report_settings_and_old_stores_resume(tol_plugin, tmp_path):
+    from lazylab.lab.config import config_hash
+    from lazylab.lab.runner import plan
+
+    _, _, a = plan("lab-tol", set=["tol=0.1"])
+    _, _, b = plan("lab-tol", set=["tol=0.9"])
+    _, _, c = plan("lab-tol", set=["x=2"])
+    assert [x.id for x in a] == [x.id for x in b]
+    assert not set(x.id for x in a) & set(x.id for x in c)
+    # a store written before report settings left the ids (ids = hash of every key) still
+    # resumes: its finished cells are recognised, the missing one runs under its old id
+    out, logs = tmp_path / "old", tmp_path / "logs"
+    logs.mkdir()
+    assert main(["run", "lab-tol", "--set", f"log_dir={logs}", "--out", str(out),
+                 "--no-progress"]) == 0
+    con = sqlite3.connect(out / "results.sqlite")
+    for cid, cfg_json in con.execute("SELECT cell_id, config_json FROM cells").fetchall():
+        old = config_hash(json.loads(cfg_json))
+        con.execute("UPDATE records SET cell_id=? WHERE cell_id=?", (old, cid))
+        con.execute("UPDATE cells SET cell_id=? WHERE cell_id=?", (old, cid))
+    con.execute("DELETE FROM records WHERE cell_id=(SELECT cell_id FROM cells WHERE idx=2)")
+    con.execute("UPDATE cells SET status='pending' WHERE idx=2")
+    con.commit()
+    con.close()
+    assert main(["run", "lab-tol", "--set", f"log_dir={logs}", "--out", str(out), "--resume",
+                 "--no-progress"]) == 0
+    assert (logs / "starts.log").read_text().split() == ["0", "1", "2", "2"]
+    assert len(load_results(out)) == 3

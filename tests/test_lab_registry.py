@@ -129,8 +129,45 @@ def test_check_helper():
     assert not check("y", 0.1, 0.05, op="<").passed
     with pytest.raises(ValueError, match="rtol"):
         check("z", 1.0, 1.0)
-    assert Check("a", 1.0, 2.0, False).to_dict() == {"name": "a", "value": 1.0, "target": 2.0,
-                                                     "passed": False, "tolerance": ""}
+    d = Check("a", 1.0, 2.0, False).to_dict()
+    # the original fields, unchanged (backward compatible) ...
+    assert {k: d[k] for k in ("name", "value", "target", "passed", "tolerance")} == {
+        "name": "a", "value": 1.0, "target": 2.0, "passed": False, "tolerance": ""}
+    # ... and the new ones: a check is a claim by default, a failed claim is "not reproduced"
+    assert d["kind"] == "claim" and d["verdict"] == "not reproduced" and d["n"] is None
+
+
+def test_check_kinds_bands_and_seed_statistics():
+    import math
+
+    import numpy as np
+
+    c = check("plateau", None, 3.1, lo=2.75, hi=3.45, seeds=[3.0, 3.2, 3.1], source="Fig 1(c) [F]")
+    assert c.passed and c.tolerance == "band [2.75, 3.45]" and c.source == "Fig 1(c) [F]"
+    assert c.n == 3 and math.isclose(c.mean, 3.1) and math.isclose(c.value, 3.1)
+    assert math.isclose(c.sd, float(np.std([3.0, 3.2, 3.1], ddof=1)))
+    assert not check("plateau", 2.7, 3.1, lo=2.75, hi=3.45).passed
+    assert not check("nan", float("nan"), 3.1, lo=2.75, hi=3.45).passed
+    # NaN seeds are dropped; one seed: sd is NaN
+    one = check("x", None, 1.0, op=">", seeds=[2.0, float("nan")])
+    assert one.n == 1 and math.isnan(one.sd) and one.passed
+    s = check("identity", 1e-9, 1e-6, op="<=", kind="sanity")
+    assert s.kind == "sanity" and s.verdict == "pass"
+    assert check("identity", 1.0, 1e-6, op="<=", kind="sanity").verdict == "fail"
+    with pytest.raises(ValueError, match="kind"):
+        Check("a", 1.0, 2.0, False, kind="bogus")
+    with pytest.raises(ValueError, match="seeds"):
+        check("a", None, 1.0, op="<")
+
+
+def test_report_settings_must_be_config_keys_and_not_swept(clean_registry):
+    with pytest.raises(ValueError, match="report_settings"):
+        register(Experiment("rs-bad", "x", Cfg, {"quick": Preset(), "paper": Preset()}, _run,
+                            _report, report_settings=("nope",)))
+    with pytest.raises(ValueError, match="cannot be swept"):
+        register(Experiment("rs-swept", "x", Cfg, {"quick": Preset(sweep={"n": [1, 2]}),
+                                                   "paper": Preset()}, _run, _report,
+                            report_settings=("n",)))
 
 
 def test_runcontext_bar_respects_progress():

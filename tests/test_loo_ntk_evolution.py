@@ -117,3 +117,24 @@ def test_quick_preset_end_to_end(tmp_path):
     checks = {c["name"]: c for c in summary["checks"]}
     assert any("does not move" in n and c["passed"] for n, c in checks.items())
     assert any("AC more robust" in n and c["passed"] for n, c in checks.items())
+
+
+def test_claims_fail_when_the_kernel_was_not_adversarially_trained():
+    """Negative control: the 'adversarial' arm replaced by the very same standard training (its
+    records relabelled), so its kernel is the standard one: 'AC more robust than CC' and 'the
+    adversarial kernel converges earlier' must fail (differences exactly 0)."""
+    rows = []
+    for seed in (0, 1, 2):
+        cfg = LooConfig(phase1="standard", n_train=120, n_test=60, width=16, epochs1=2, epochs2=1,
+                        probe_per_class=2, n_snapshots=4, freeze_epochs=(2.0,), eval_attack_steps=2,
+                        batch_size=40, kernel_check_points=4, seed=seed)
+        for r in run_cell(cfg, RunContext(progress=False)):
+            rows.append({**r, "phase1": "standard", "seed": seed})
+            twin = {**r, "phase1": "adversarial", "seed": seed}
+            if r.get("run"):
+                twin["run"] = "A" + r["run"][1]
+            rows.append(twin)
+    rep = report(pd.DataFrame(rows), LooConfig())
+    claims = [c for c in rep.checks if c.kind == "claim"]
+    assert len(claims) == 2 and not any(c.passed for c in claims), claims
+    assert all(c.value == pytest.approx(0.0, abs=1e-12) and c.n == 3 for c in claims)

@@ -77,3 +77,35 @@ def test_required_m_needs_success_to_persist():
 def test_bad_method():
     with pytest.raises(ValueError, match="methods"):
         run_cell(WangTensorConfig(d=4, methods=("nope",)), RunContext(progress=False))
+
+
+def test_claims_fail_on_negative_controls():
+    """Negative controls on real small runs (d = 4, 6; 3 seeds): the lazy claims (m_required at the
+    exact threshold ceil(dim Sym³/d), m·d >= 0.9 dim) fail on plain GD's feature-learning fits
+    labelled 'lazy'; 'variant's m does not grow with d' fails on the lazy fit labelled 'variant';
+    'plain GD fails at m = r' fails on fits that succeed (the lazy fit above its threshold,
+    labelled GD at m = r)."""
+    from lazylab.lab.experiments.wang_tensor import exact_lazy_threshold
+
+    cfg = dict(m_list=(1, 2, 4, 8, 16), tangent_max_d=0, gd_steps=300, rank=1,
+               methods=("lazy", "gd"))
+    recs = [{**r, "d": d, "seed": s} for d in (4, 6) for s in (0, 1, 2)
+            for r in run_cell(WangTensorConfig(seed=s, d=d, **cfg), RunContext(progress=False))]
+    df = pd.DataFrame(recs)
+    base = WangTensorConfig(rank=1)
+    ok = {c.name.split(":")[0] + c.name.split(":")[1][:12]: c for c in report(df, base).checks}
+    lazy_ok = [c for c in ok.values() if c.name.startswith("lazy")]
+    assert len(lazy_ok) == 2 and all(c.passed for c in lazy_ok), lazy_ok  # the real lazy fit
+    assert exact_lazy_threshold(6) == 10 and exact_lazy_threshold(20) == 77
+    ph = df[df["part"] == "phase"]
+    gd_as_lazy = ph[ph["method"] == "gd"].assign(method="lazy")
+    bad = [c for c in report(gd_as_lazy, base).checks if c.name.startswith("lazy")]
+    assert len(bad) == 2 and not any(c.passed for c in bad), bad
+    lazy_as_var = ph[ph["method"] == "lazy"].assign(method="variant")
+    (var,) = [c for c in report(lazy_as_var, WangTensorConfig(rank=1)).checks
+              if c.name.startswith("variant")]
+    assert not var.passed and var.value >= 2
+    fits = ph[(ph["method"] == "lazy") & (ph["m"] == 16)].assign(m=1, method="gd")
+    assert fits["success"].all()
+    (gd,) = [c for c in report(fits, base).checks if c.name.startswith("plain GD")]
+    assert not gd.passed and gd.value == 0.0

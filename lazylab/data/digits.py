@@ -22,7 +22,12 @@ def digits(
     ``flatten``) and integer labels re-indexed 0..C-1 over ``classes`` (default all ten). With
     ``binary_labels`` and two classes the labels are -1/+1 floats.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError("digits() reads scikit-learn's copy of the data set: install it with "
+                          "`pip install scikit-learn` (or lazylab's extra: `pip install lazylab[lab]`)"
+                          ) from e
 
     ds = load_digits()
     X = ds.images.astype(np.float32) / 16.0

@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from lazylab.lab.executors import CellError
+from lazylab.lab.executors import CellError, CellsFailedError
 
 __all__ = ["build_parser", "main"]
 
@@ -17,7 +17,7 @@ Run lazylab's experiments (paper reproductions) with one command.
 
   lazylab list                                   the experiments, one line each
   lazylab run NAME [--preset quick|paper]        run one; prints the path of report.md
-  lazylab report DIR                             rebuild DIR's report from its stored results
+  lazylab report DIR [--set TOL=V]               rebuild DIR's report from its stored results
   lazylab diagnose --model M --data D            how lazy is this run? (see lazylab diagnose -h)
 
 Config: defaults -> the preset's values -> --set key=value. Grid: the preset's sweep plus
@@ -47,6 +47,7 @@ See docs/lab.md.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazylab", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lazylab {_version()}")
     sub = p.add_subparsers(dest="command", metavar="{list,run,report,diagnose}")
     sub.required = True
 
@@ -91,10 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Rebuild summary.json, figures/ and report.md of DIR from "
                                     "DIR/results.sqlite, without training.")
     rp.add_argument("dir", metavar="DIR", help="a run folder (holds results.sqlite)")
+    rp.add_argument("--set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                    help="re-judge with another value of a report setting (a tolerance; "
+                         "repeatable); the stored records are not recomputed")
     from lazylab.lab import diagnose_cli  # `lazylab diagnose` (lazylab/lab/diagnose_cli.py)
 
     diagnose_cli.add_parser(sub)
     return p
+
+
+def _version() -> str:
+    from lazylab import __version__
+
+    return __version__
 
 
 def _cmd_list() -> int:
@@ -125,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from lazylab.lab.report import build_report
 
-            print(f"report: {build_report(args.dir)}")
+            print(f"report: {build_report(args.dir, sets=args.set or None)}")
             return 0
         from lazylab.lab.runner import run_experiment
 
@@ -139,12 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lazylab: interrupted; finished cells are stored (use --resume)", file=sys.stderr)
         return 130
+    except CellsFailedError as e:  # workers died twice on some cells; the others are stored
+        print(f"lazylab: error: {e}", file=sys.stderr)
+        return 1
     except CellError as e:  # the experiment's code failed: show where
         traceback.print_exception(type(e.error), e.error, e.error.__traceback__)
-        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and add --resume",
-              file=sys.stderr)
+        print(f"lazylab: error: {e}\nfinished cells are stored; fix the cause and rerun the same "
+              "command with --resume (a changed config needs a new --out)", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError,
+            ArithmeticError, ImportError) as e:
         if os.environ.get("LAZYLAB_DEBUG"):
             traceback.print_exc()
         print(f"lazylab: error: {e}", file=sys.stderr)

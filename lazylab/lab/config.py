@@ -15,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 __all__ = [
+    "RUN_OPTION_KEYS",
     "ResolvedConfig",
     "canonical_json",
+    "cell_hash",
     "coerce",
     "config_hash",
     "field_types",
@@ -95,7 +98,7 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
                 return False
             raise ValueError
         if tp is int:
-            return int(text)
+            return _integer(text, key)
         if tp is float:
             return float(text)
         if tp is str or tp is Any:
@@ -122,6 +125,27 @@ def parse_value(text: str, tp: Any, key: str) -> Any:
                         f"got {text!r}") from None
     raise TypeError(f"config key {key!r}: unsupported field type {_type_name(tp)} "
                     "(use int/float/bool/str/list/tuple/Literal)")
+
+
+def _integer(value: str | float, key: str) -> int:
+    """An int from text or a float that holds a whole number (``"3"``, ``"1e3"``, ``3.0``);
+    TypeError naming ``key`` for ``2.5``, ``nan`` or ``"x"``."""
+    f = math.nan
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            f = float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, float):
+        f = value
+    if math.isfinite(f) and f.is_integer():
+        return int(f)
+    raise TypeError(f"config key {key!r}: expected a value of type int (a whole number), "
+                    f"got {value!r}")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -152,6 +176,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float):
+            return _integer(value, key)
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -243,6 +269,7 @@ def resolve(
         base[k] = parse_value(v, types_[k], k) if isinstance(v, str) else coerce(v, types_[k], k)
     if isinstance(sweeps, list):
         sweeps = dict(parse_assignment(s, "--sweep") for s in sweeps)
+    _check_set_vs_sweep(sets or {}, sweeps or {}, dict(preset.sweep) if preset is not None else {})
     for k, vs in (sweeps or {}).items():
         if k not in types_:
             raise _unknown(k, types_, "--sweep")
@@ -264,9 +291,36 @@ def resolve(
                           sweep={k: [_jsonable(v) for v in vs] for k, vs in sweep.items()})
 
 
+def _check_set_vs_sweep(sets: dict[str, Any], sweeps: dict[str, Any],
+                        preset_sweep: dict[str, list]) -> None:
+    """A ``--set`` on a swept key would be silently overridden by the sweep: refuse it.
+
+    ``--set k=v`` where the preset sweeps ``k`` -> ValueError saying to use ``--sweep k=v`` (which
+    replaces the preset's sweep); ``--set k`` together with ``--sweep k`` -> ValueError too.
+    """
+    for k, v in sets.items():
+        if k in sweeps:
+            raise ValueError(f"--set {k}={v}: {k!r} is also given to --sweep; give it once "
+                             f"(--sweep {k}=v1,v2,... for several values, --set {k}=v for one)")
+        if k in preset_sweep:
+            vals = ", ".join(str(x) for x in preset_sweep[k])
+            raise ValueError(f"--set {k}={v}: {k!r} is swept by the preset ({vals}), which would "
+                             f"override it; use --sweep {k}={v} to replace the preset's sweep")
+
+
+#: Former config keys that are run options now (``--threads``, ``--device``, ``--workers``): stored
+#: configs of older runs may hold them; :func:`make_config` drops them when the class lacks them.
+RUN_OPTION_KEYS = ("threads", "device", "workers")
+
+
 def make_config(config_cls: type, values: dict[str, Any]) -> Any:
-    """Instantiate ``config_cls`` from (JSON) values, coercing each by its field type."""
+    """Instantiate ``config_cls`` from (JSON) values, coercing each by its field type.
+
+    Keys of :data:`RUN_OPTION_KEYS` that ``config_cls`` has no field for are dropped (stores
+    written before ``threads`` became a run option keep loading).
+    """
     types_ = field_types(config_cls)
+    values = {k: v for k, v in values.items() if k in types_ or k not in RUN_OPTION_KEYS}
     unknown = [k for k in values if k not in types_]
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(types_)}")
@@ -289,3 +343,11 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any, n: int = 12) -> str:
     """First ``n`` hex digits of SHA-256 of :func:`canonical_json` of ``obj``."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+def cell_hash(config: dict[str, Any], report_settings: Any = (), n: int = 12) -> str:
+    """The id of a cell: :func:`config_hash` of its config without the keys in
+    ``report_settings`` (settings only the report reads: changing a tolerance must not change
+    which cells exist, so ``lazylab report DIR --set KEY=VALUE`` can re-judge a finished run)."""
+    skip = set(report_settings)
+    return config_hash({k: v for k, v in config.items() if k not in skip}, n)

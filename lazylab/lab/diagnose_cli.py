@@ -57,10 +57,14 @@ def _parse_sets(items: Sequence[str], flag: str) -> dict[str, Any]:
         if "=" not in it or not it.split("=", 1)[0].strip():
             raise ValueError(f"{flag} expects KEY=VALUE, got {it!r}")
         k, v = (s.strip() for s in it.split("=", 1))
-        if "," in v and not v.startswith("["):
-            out[k] = [yaml.safe_load(x) for x in v.split(",") if x.strip()]
-        else:
-            out[k] = yaml.safe_load(v) if v else ""
+        try:
+            if "," in v and not v.startswith("["):
+                out[k] = [yaml.safe_load(x) for x in v.split(",") if x.strip()]
+            else:
+                out[k] = yaml.safe_load(v) if v else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"{flag} {k}: cannot parse the value {v!r} "
+                             f"({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -94,8 +98,44 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="seed of the model's initialization, the probe draw and SGD batches (default 0)")
     p.add_argument("--device", default=None, metavar="cpu|cuda", help="default: cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/diagnose-<time>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default runs/diagnose-<time>); must be new or empty: a previous "
+                        "report is never overwritten")
+    p.add_argument("--resume", action="store_true",
+                   help="--out DIR may hold an earlier diagnose: keep its finished report (nothing is "
+                        "recomputed), or complete it when it has none")
     return p
+
+
+def check_out(out: Path, resume: bool) -> Path | None:
+    """Check ``--out`` BEFORE any training: a folder we can write into that holds no report (or,
+    with ``resume``, may hold one). Returns the existing report.md when ``resume`` finds one (then
+    there is nothing to do), else None. Raises NotADirectoryError / FileExistsError /
+    PermissionError naming ``--out`` and the way out."""
+    import tempfile
+
+    report = out / "report.md"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if resume and report.is_file():
+            return report
+        if not resume:
+            what = "a report (report.md)" if report.is_file() else "files"
+            raise FileExistsError(f"--out {out} already holds {what}; choose a new --out (a previous "
+                                  "report is never overwritten), or add --resume to keep it")
+    anc = out  # nothing is created before the run: check the nearest existing folder instead
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise NotADirectoryError(f"--out {out}: {anc} is a file, not a folder; choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=anc):
+            pass
+    except OSError as e:
+        raise PermissionError(f"--out {out} cannot be written ({anc}: {e.strerror or e}); choose "
+                              "another --out") from None
+    return None
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -185,8 +225,8 @@ def load_data(name: str, settings: dict[str, Any] | None = None
     if name == "teacher":
         from lazylab.data import sphere, teacher_two_layer
 
-        d, n, nt = int(s.pop("d", 10)), int(s.pop("n", 200)), int(s.pop("n_test", 200))
-        m0, seed = int(s.pop("m0", 3)), int(s.pop("seed", 0))
+        d, n, nt = (_int(s, k, v) for k, v in (("d", 10), ("n", 200), ("n_test", 200)))
+        m0, seed = _int(s, "m0", 3), _int(s, "seed", 0, allow_zero=True)
         _unknown(s, "teacher", ("d", "n", "n_test", "m0", "seed"))
         f, _, _ = teacher_two_layer(d, m0, seed=seed)
         X, Xt = sphere(n, d, radius=d**0.5, seed=seed + 1), sphere(nt, d, radius=d**0.5, seed=seed + 2)
@@ -197,12 +237,20 @@ def load_data(name: str, settings: dict[str, Any] | None = None
         classes = s.pop("classes", None)
         if classes is not None and not isinstance(classes, list):
             classes = [classes]
-        tf, seed = float(s.pop("test_fraction", 0.3)), int(s.pop("seed", 0))
+        tf, seed = float(s.pop("test_fraction", 0.3)), _int(s, "seed", 0, allow_zero=True)
         _unknown(s, "digits", ("classes", "test_fraction", "seed"))
         binary = classes is not None and len(classes) == 2
         return digits(classes=classes, test_fraction=tf, seed=seed, binary_labels=binary)
     raise ValueError(f"unknown dataset {name!r}: built-in datasets are {list(DATASETS)}, or give a "
                      ".pt/.npz file with keys X and y")
+
+
+def _int(s: dict[str, Any], key: str, default: int, flag: str = "--data-set",
+         allow_zero: bool = False) -> int:
+    """Pop the integer setting ``key`` (``2.5`` is refused, naming ``flag key``)."""
+    from lazylab.checks import positive_int
+
+    return positive_int(s.pop(key, default), f"{flag} {key}", allow_zero=allow_zero)
 
 
 def _unknown(s: dict[str, Any], what: str, known: Sequence[str]) -> None:
@@ -224,19 +272,21 @@ def build_model(spec: str, settings: dict[str, Any], X: Tensor, y: Tensor) -> tu
     out = _out_dim(y)
     if ":" in spec:
         return _factory(spec, s, X, out), X
+    from lazylab.checks import positive_int
     from lazylab.models import MLP, SmallCNN, TwoLayerNet
 
     flat = X.flatten(1)
     if spec == "two_layer":
         keys = ("m", "activation", "scaling", "bias", "init_std", "parametrization", "input_scale")
         _unknown({k: v for k, v in s.items() if k not in keys}, "two_layer", keys)
-        return TwoLayerNet(flat.shape[1], int(s.pop("m", 100)), out_dim=out, **s), flat
+        return TwoLayerNet(flat.shape[1], _int(s, "m", 100, "--model-set"), out_dim=out, **s), flat
     if spec == "mlp":
         widths = s.pop("widths", [256, 256])
         widths = widths if isinstance(widths, list) else [widths]
         keys = ("widths", "activation", "parametrization", "bias")
         _unknown({k: v for k, v in s.items() if k not in keys}, "mlp", keys)
-        return MLP([flat.shape[1], *map(int, widths), out], squeeze=out == 1, **s), flat
+        widths = [positive_int(w, "--model-set widths") for w in widths]
+        return MLP([flat.shape[1], *widths, out], squeeze=out == 1, **s), flat
     if spec == "small_cnn":
         if X.dim() != 4:
             raise ValueError(f"small_cnn needs image data (N, C, H, W), got X of shape {tuple(X.shape)}")
@@ -300,21 +350,30 @@ def run(args: argparse.Namespace) -> int:
     """Run ``lazylab diagnose`` from parsed arguments; prints the verdict and report.md's path."""
     import torch
 
+    from lazylab.checks import positive_finite, positive_int
     from lazylab.diagnosis import diagnose
 
+    out = Path(args.out) if args.out else Path("runs") / f"diagnose-{time.strftime('%Y%m%d-%H%M%S')}"
+    done = check_out(out, getattr(args, "resume", False))  # before any data or training
+    if done is not None:
+        print(f"report: {done} (already complete; nothing recomputed)")
+        return 0
     if args.threads is not None:
-        torch.set_num_threads(int(args.threads))
+        torch.set_num_threads(positive_int(args.threads, "--threads"))
+    if args.alpha is not None:
+        positive_finite(args.alpha, "--alpha")  # the dtype's safe range: lazy() below, before training
     (X, y), test = load_data(args.data, _parse_sets(args.data_set, "--data-set"))
     torch.manual_seed(args.seed)  # the model's initial weights follow --seed
     model, X = build_model(args.model, _parse_sets(args.model_set, "--model-set"), X, y)
     if test is not None and X.dim() == 2:
         test = (test[0].flatten(1), test[1])
-    out = Path(args.out) if args.out else Path("runs") / f"diagnose-{time.strftime('%Y%m%d-%H%M%S')}"
     rep = diagnose(model, (X, y), test_data=test, alpha=args.alpha, steps=args.steps, lr=args.lr,
                    loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size,
                    n_probe=args.probe, n_snapshots=args.snapshots, kappa=not args.no_kappa,
                    seed=args.seed, device=args.device)
-    path = rep.save(out)
+    from lazylab.lab.diagnosis_render import save
+
+    path = save(rep, out)
     n = rep.numbers
     nan = float("nan")
     print(f"verdict: {rep.verdict} (kernel change {n['kernel_rel_change']:.3g}, linearization gap "
@@ -332,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["diagnose", *(sys.argv[1:] if argv is None else argv)])
     try:
         return run(args)
-    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, ArithmeticError,
+            ImportError) as e:
         print(f"lazylab: error: {e}", file=sys.stderr)
         return 2
 

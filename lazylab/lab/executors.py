@@ -10,7 +10,10 @@
   processes on any machines with lazylab installed); the connection fails fast.
 
 Every executor yields ``(cell, result)`` pairs *as they complete*; the result carries the
-records, which the client alone writes to the store (no shared file system is needed).
+records, which the client alone writes to the store (no shared file system is needed), or
+``{"error": why}`` for a cell whose worker process died again on its one retry (the run goes on).
+Pool workers die with the client (``prctl(PR_SET_PDEATHSIG)`` on Linux, a watchdog thread
+elsewhere: :func:`_die_with_parent`), so ``kill -9`` of a run leaves no worker behind.
 A cell is a pure function of its config: :func:`execute_cell` seeds ``random``, ``numpy`` and
 ``torch`` with the cell's ``seed`` before calling the experiment's ``run_cell``, and runs it with
 the same number of torch threads (``threads``, default 1) on every executor, so reductions are
@@ -26,11 +29,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from lazylab.checks import positive_int
 from lazylab.lab.memory import tune_malloc
 from lazylab.lab.sweep import Cell
 
 __all__ = [
     "CellError",
+    "CellsFailedError",
     "DaskExecutor",
     "Executor",
     "LocalExecutor",
@@ -40,6 +45,17 @@ __all__ = [
 ]
 
 DASK_CONNECT_TIMEOUT_S = 5.0
+
+
+class CellsFailedError(RuntimeError):
+    """Some cells could not be computed (their worker process died, also on the retry); the
+    other cells are stored and the report is written."""
+
+    def __init__(self, failed: list[tuple[Cell, str]], out: str):
+        self.failed = failed
+        what = "; ".join(f"cell {c.index + 1} ({c.label()}, id {c.id}): {why}" for c, why in failed)
+        super().__init__(f"{len(failed)} cell(s) failed: {what}; the other cells are stored in "
+                         f"{out}; rerun the failed ones with --resume")
 
 
 class CellError(RuntimeError):
@@ -133,10 +149,62 @@ def execute_cell(experiment: str, module: str | None, config: dict[str, Any], de
             "pid": os.getpid(), "host": socket.gethostname()}
 
 
-def _worker_init() -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_PERIOD_S = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> str:
+    """Make this worker process exit when the process ``parent_pid`` (the lab client) dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` through ctypes: the kernel kills the worker the
+    moment its parent exits, even on ``kill -9``. Elsewhere (or if prctl fails): a daemon
+    thread polls ``os.getppid()`` every :data:`WATCHDOG_PERIOD_S` seconds and calls ``os._exit``
+    once the worker has been re-parented. Returns ``"prctl"`` or ``"watchdog"``.
+    """
+    import signal
+    import sys
+    import threading
+
+    how = "watchdog"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the handler was in place
+        os._exit(1)
+    if how == "watchdog":
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(WATCHDOG_PERIOD_S)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="lazylab-parent-watchdog", daemon=True).start()
+    return how
+
+
+_STARTED: Any = None  # in a pool worker: the shared "cell started" flags (LocalExecutor)
+
+
+def _worker_init(parent_pid: int | None = None, started: Any = None) -> None:
+    global _STARTED
     import torch
 
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    _STARTED = started
     torch.set_num_threads(1)
+
+
+def _pool_cell(pos: int, *args: Any) -> dict[str, Any]:
+    """:func:`execute_cell` in a pool worker, after flagging cell ``pos`` as started."""
+    if _STARTED is not None:
+        _STARTED[pos] = 1
+    return execute_cell(*args)
 
 
 class Executor:
@@ -167,11 +235,8 @@ class LocalExecutor(Executor):
     """
 
     def __init__(self, workers: int = 1, threads: int | None = 1):
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"--workers must be a positive integer, got {workers!r}")
-        _check_threads(threads)
-        self.workers = workers
-        self.threads = threads
+        self.workers = positive_int(workers, "--workers")
+        self.threads = _check_threads(threads)
         self.name = "local" if workers == 1 else f"local x{workers} processes"
         self._pool = None
 
@@ -185,29 +250,97 @@ class LocalExecutor(Executor):
                     raise CellError(cell, e) from e
                 yield cell, res
             return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        yield from self._run_pool(experiment, module, list(cells), device)
 
-        self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                         mp_context=mp.get_context("spawn"),
-                                         initializer=_worker_init)
-        futs = {self._pool.submit(execute_cell, experiment, module, c.config, device, False,
-                                  self.threads or 1): c for c in cells}
-        try:
-            for fut in as_completed(futs):
-                cell = futs[fut]
+    def _new_pool(self, started: Any) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(os.getpid(), started))
+
+    def _run_pool(self, experiment: str, module: str | None, cells: list[Cell],
+                  device: str) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        """Run ``cells`` on a process pool with at most ``workers`` cells in flight; survive
+        workers that die.
+
+        A dead worker breaks the whole pool, so every cell in flight fails with it. Each worker
+        flags a cell as started in a shared array before running it; after a break, cells that
+        had not started go back to the queue. If exactly one cell had started, the death is its
+        own (attributed); if several had, the death is ambiguous and each of them reruns ALONE
+        in a fresh pool, where a death is attributed exactly. A cell's first attributed death gets
+        one retry (alone); the second makes it failed: yielded as ``{"error": ...}`` while the
+        other cells go on.
+        """
+        import multiprocessing as mp
+        from concurrent.futures.process import BrokenProcessPool
+
+        pos = {c.id: i for i, c in enumerate(cells)}
+        started = mp.get_context("spawn").Array("b", max(len(cells), 1), lock=False)
+        queue, alone_q, deaths = list(cells), [], dict.fromkeys(pos, 0)
+        idle_breaks = 0  # consecutive pool breaks with no cell started
+        while queue or alone_q:
+            alone = bool(alone_q)
+            todo = alone_q if alone else queue
+            self._pool = self._new_pool(started)
+            in_flight: dict[Any, Cell] = {}
+            try:
+                yield from self._drain(todo, in_flight, 1 if alone else self.workers, pos,
+                                       experiment, module, device)
+            except BrokenProcessPool:
+                lost = list(in_flight.values())
+                ran = [c for c in lost if started[pos[c.id]]]
+                (alone_q if alone else queue)[:0] = [c for c in lost if not started[pos[c.id]]]
+                idle_breaks = 0 if ran else idle_breaks + 1
+                if idle_breaks >= 3:
+                    raise RuntimeError("--workers: the worker processes died 3 times before "
+                                       "starting a cell (out of memory at start-up? a broken "
+                                       "installation?); try --workers 1") from None
+                for c in ran:
+                    started[pos[c.id]] = 0
+                    if len(ran) > 1:  # ambiguous: rerun alone, nothing counted
+                        alone_q.append(c)
+                        continue
+                    deaths[c.id] += 1
+                    if deaths[c.id] >= 2:
+                        yield c, {"error": "its worker process died twice (killed, or it "
+                                           "crashed: out of memory, segfault)"}
+                    else:
+                        alone_q.append(c)
+            finally:
+                self.close()
+
+    def _drain(self, todo: list[Cell], in_flight: dict[Any, Cell], width: int,
+               pos: dict[str, int], experiment: str, module: str | None,
+               device: str) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        """Submit from ``todo`` keeping ``width`` cells in flight; yield results as they come.
+        Raises BrokenProcessPool (``in_flight`` then holds the lost cells) or CellError."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        while todo or in_flight:
+            while todo and len(in_flight) < width:
+                c = todo[0]  # submit raises BrokenProcessPool on a broken pool: c stays queued
+                fut = self._pool.submit(_pool_cell, pos[c.id], experiment, module, c.config,
+                                        device, False, self.threads or 1)
+                in_flight[fut] = todo.pop(0)
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            # finished cells first: a result must not be lost to a death in the same batch
+            for fut in sorted(done, key=lambda f: f.exception() is not None):
+                cell = in_flight.pop(fut)
                 try:
                     res = fut.result()
+                except BrokenProcessPool:
+                    in_flight[fut] = cell
+                    raise
                 except Exception as e:
                     raise CellError(cell, e) from e
                 yield cell, res
-        finally:
-            self.close()
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(Executor):
@@ -223,13 +356,11 @@ class DaskExecutor(Executor):
 
         from distributed import Client, LocalCluster
 
-        _check_threads(threads)
-        self.threads = threads
+        self.threads = _check_threads(threads)
         self.address = address
         self.cluster = None
         if address is None:
-            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-                raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+            workers = positive_int(workers, "--workers")
             import dask
 
             # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the workers, which turns off
@@ -270,6 +401,9 @@ class DaskExecutor(Executor):
                 try:
                     res = fut.result()
                 except Exception as e:
+                    if type(e).__name__ == "KilledWorker":  # Dask retried it on other workers
+                        yield cell, {"error": f"its Dask workers died ({e})"}
+                        continue
                     raise CellError(cell, e) from e
                 yield cell, res
         finally:
@@ -285,10 +419,8 @@ class DaskExecutor(Executor):
                 self.cluster.close()
 
 
-def _check_threads(threads: int | None) -> None:
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                or threads < 1):
-        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+def _check_threads(threads: int | None) -> int | None:
+    return None if threads is None else positive_int(threads, "--threads")
 
 
 def make_executor(spec: str = "local", workers: int = 1,

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lazylab.lab.config import ResolvedConfig, resolve
+from lazylab.lab.config import ResolvedConfig, cell_hash, resolve
 from lazylab.lab.environment import collect_environment
-from lazylab.lab.executors import make_executor
+from lazylab.lab.executors import CellsFailedError, make_executor
 from lazylab.lab.registry import get_experiment
 from lazylab.lab.report import build_report
+from lazylab.lab.rules import validate_cells
 from lazylab.lab.store import STORE_NAME, Store, atomic_write_text
 from lazylab.lab.sweep import Cell, grid
 
@@ -33,13 +34,19 @@ def default_out(name: str) -> Path:
 
 def plan(name: str, preset: str = "quick", set: dict | list | None = None,
          sweep: dict | list | None = None) -> tuple[Any, ResolvedConfig, list[Cell]]:
-    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing."""
+    """Validate a request: ``(experiment, resolved config, cells)``; writes nothing.
+
+    Checks the experiment and preset names, every key and value type (:func:`resolve`), and every
+    cell of the grid against the config's rules (:func:`lazylab.lab.rules.validate_cells`).
+    """
     exp = get_experiment(name)
     if preset not in exp.presets:
         raise ValueError(f"--preset: experiment {name!r} has no preset {preset!r}; "
                          f"presets: {', '.join(exp.presets)}")
     resolved = resolve(exp.config, exp.presets[preset], set, sweep)
-    return exp, resolved, grid(resolved)
+    cells = grid(resolved, exp.report_settings)
+    validate_cells(exp.config, cells)  # ranges, choices, data files: every cell, before any write
+    return exp, resolved, cells
 
 
 def _check_device(device: str) -> None:
@@ -97,10 +104,16 @@ def run_experiment(
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     existing = out.is_dir() and any(out.iterdir())
     done: frozenset[str] = frozenset()
+    report_sets: dict[str, Any] = {}
     if resume and store_path.exists():
         with Store.open_readonly(out) as st:
-            st.check_compatible(exp.name, preset, resolved.base, resolved.sweep)
+            st.check_compatible(exp.name, preset, resolved.base, resolved.sweep,
+                                ignore=exp.report_settings)
+            cells = _stored_ids(cells, st.cells(), exp.report_settings)
             done = frozenset(c for c, s in st.cell_status().items() if s == "done")
+            stored = st.meta()["config"]
+        report_sets = {k: resolved.base[k] for k in exp.report_settings
+                       if stored.get(k) != resolved.base.get(k)}
     elif resume and existing:
         raise ValueError(f"--resume: {out} is not empty but has no {STORE_NAME}; "
                          "it is not a lazylab run folder")
@@ -109,6 +122,7 @@ def run_experiment(
                               "finish its missing cells, or choose a new --out")
     todo = [c for c in cells if c.id not in done]
 
+    failed: list[tuple[Cell, str]] = []
     say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
     # the executor connects (Dask) before anything is written: a bad address changes nothing
     with make_executor(executor, workers, threads=threads) as ex:
@@ -129,22 +143,60 @@ def run_experiment(
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
             try:
                 in_process = ex.workers == 1 and executor == "local"
-                for cell, res in ex.run(exp.name, exp.run_cell.__module__, todo, device,
-                                        progress and in_process):
-                    store.write_cell(cell.id, res["records"], started=res["started"],
-                                     finished=res["finished"], pid=res["pid"], host=res["host"])
-                    bar.update(1)
-                    say(f"  cell {cell.index + 1}/{len(cells)} {cell.label()}: "
-                        f"{len(res['records'])} records, {res['finished'] - res['started']:.1f} s"
-                        + _last_summary(res["records"]))
+                results = ex.run(exp.name, exp.run_cell.__module__, todo, device,
+                                 progress and in_process)
+                failed = _store_cells(results, store, len(cells), bar, say)
             finally:
                 bar.close()
         finally:
             store.close()
-    path = build_report(out)
+    path = build_report(out, sets=report_sets or None)
     if echo:
         print(f"report: {path}")
+    if failed:
+        raise CellsFailedError(failed, str(out))
+    missing = _missing(out, todo)
+    if missing:  # an executor that loses cells must not look like a finished run
+        names = ", ".join(c.label() for c in missing[:5])
+        raise RuntimeError(f"{len(missing)} cell(s) were not run ({names}); the others are stored "
+                           f"in {out}; rerun with --resume")
     return path
+
+
+def _store_cells(results: Any, store: Store, n_cells: int, bar: Any,
+                 say: Any) -> list[tuple[Cell, str]]:
+    """Write each ``(cell, result)`` from the executor to the store as it comes (one transaction
+    per cell); a result ``{"error": ...}`` marks the cell failed. Returns the failed cells."""
+    failed: list[tuple[Cell, str]] = []
+    for cell, res in results:
+        if "error" in res:  # its worker died twice: record, go on with the others
+            store.mark_failed(cell.id)
+            failed.append((cell, res["error"]))
+            say(f"  cell {cell.index + 1}/{n_cells} {cell.label()}: FAILED, {res['error']}")
+            continue
+        store.write_cell(cell.id, res["records"], started=res["started"],
+                         finished=res["finished"], pid=res["pid"], host=res["host"])
+        bar.update(1)
+        say(f"  cell {cell.index + 1}/{n_cells} {cell.label()}: {len(res['records'])} records, "
+            f"{res['finished'] - res['started']:.1f} s" + _last_summary(res["records"]))
+    return failed
+
+
+def _missing(out: Path, todo: list[Cell]) -> list[Cell]:
+    """The cells of ``todo`` that the store holds neither as done nor as failed."""
+    with Store.open_readonly(out) as st:
+        status = st.cell_status()
+    return [c for c in todo if status.get(c.id) not in ("done", "failed")]
+
+
+def _stored_ids(cells: list[Cell], stored: list[dict], report_settings: tuple[str, ...]
+                ) -> list[Cell]:
+    """``cells`` with the ids their twins have in the store: a store written before the report
+    settings left the cell ids (their ids hash every key) keeps resuming."""
+    import dataclasses
+
+    by_key = {cell_hash(c["config"], report_settings): c["cell_id"] for c in stored}
+    return [dataclasses.replace(c, id=by_key.get(c.id, c.id)) for c in cells]
 
 
 def _last_summary(records: list[dict]) -> str:

@@ -3,7 +3,7 @@
 Schema::
 
     run(id=1, experiment, preset, config_json, sweep_json, hash, created, lazylab_version)
-    cells(cell_id PK, idx, params_json, config_json, status 'pending'|'done',
+    cells(cell_id PK, idx, params_json, config_json, status 'pending'|'done'|'failed',
           started, finished, wall_s, pid, host, n_records)
     records(cell_id, rec_idx, step, data_json, PK(cell_id, rec_idx))
 
@@ -26,12 +26,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lazylab.lab.config import canonical_json, config_hash
+from lazylab.lab.config import RUN_OPTION_KEYS, canonical_json, config_hash
 
 __all__ = [
     "STORE_NAME",
     "IncompatibleStoreError",
     "Store",
+    "UnreadableStoreError",
     "atomic_write_text",
     "load_results",
     "run_hash",
@@ -62,6 +63,31 @@ CREATE TABLE IF NOT EXISTS records (
 
 class IncompatibleStoreError(ValueError):
     """``--resume`` on a store written by another experiment, preset or config."""
+
+
+class UnreadableStoreError(ValueError):
+    """``results.sqlite`` exists but is not a readable lazylab store (corrupt, truncated, empty)."""
+
+
+def _unreadable(path: Path, err: BaseException) -> UnreadableStoreError:
+    return UnreadableStoreError(
+        f"{path} cannot be read as a lazylab result store ({type(err).__name__}: {err}): the file "
+        "is corrupt, truncated or empty; restore it from a backup, or move it away and run again "
+        f"with a new --out (its cells must be recomputed)")
+
+
+def _guarded(method: Any) -> Any:
+    """Turn sqlite3.DatabaseError raised while reading into :class:`UnreadableStoreError`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise _unreadable(self.path, e) from None
+
+    return wrapper
 
 
 def run_hash(experiment: str, config: dict, sweep: dict) -> str:
@@ -119,7 +145,7 @@ class Store:
         path = Path(directory) / STORE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no result store {path}")
-        return cls(sqlite3.connect(path, timeout=30), path)
+        return cls(sqlite3.connect(path, timeout=30), path)._checked()
 
     @classmethod
     def open_readonly(cls, directory: str | os.PathLike) -> Store:
@@ -128,8 +154,23 @@ class Store:
         if not path.is_file():
             raise FileNotFoundError(f"no result store {path} (is {directory} a lazylab run "
                                     "folder?)")
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        return cls(conn, path)
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.DatabaseError as e:
+            raise _unreadable(path, e) from None
+        return cls(conn, path)._checked()
+
+    def _checked(self) -> Store:
+        """Read the run row and count the cells and records once: a file that is not a store
+        (or lost its tables) fails here, with its path, instead of deep inside a command."""
+        try:
+            self.meta()
+            self.conn.execute("SELECT COUNT(*) FROM cells").fetchone()
+            self.conn.execute("SELECT COUNT(*) FROM records").fetchone()
+        except (UnreadableStoreError, ValueError, sqlite3.DatabaseError) as e:
+            self.conn.close()
+            raise e if isinstance(e, UnreadableStoreError) else _unreadable(self.path, e) from None
+        return self
 
     def close(self) -> None:
         self.conn.close()
@@ -141,19 +182,27 @@ class Store:
         self.close()
 
     # ---------------------------------------------------------------- reading
+    @_guarded
     def meta(self) -> dict[str, Any]:
         """The run row: experiment, preset, config, sweep, hash, created, lazylab_version."""
         row = self.conn.execute(
             "SELECT experiment, preset, config_json, sweep_json, hash, created, lazylab_version "
             "FROM run WHERE id = 1").fetchone()
         if row is None:
-            raise ValueError(f"{self.path}: no run metadata (corrupt store?)")
-        return {"experiment": row[0], "preset": row[1], "config": json.loads(row[2]),
-                "sweep": json.loads(row[3]), "hash": row[4], "created": row[5],
-                "lazylab_version": row[6]}
+            raise _unreadable(self.path, ValueError("no run metadata"))
+        try:
+            return {"experiment": row[0], "preset": row[1], "config": json.loads(row[2]),
+                    "sweep": json.loads(row[3]), "hash": row[4], "created": row[5],
+                    "lazylab_version": row[6]}
+        except (TypeError, ValueError) as e:
+            raise _unreadable(self.path, e) from None
 
-    def check_compatible(self, experiment: str, preset: str, config: dict, sweep: dict) -> None:
-        """Raise IncompatibleStoreError unless this store is the same run (for ``--resume``)."""
+    def check_compatible(self, experiment: str, preset: str, config: dict, sweep: dict,
+                         ignore: tuple[str, ...] = ()) -> None:
+        """Raise IncompatibleStoreError unless this store is the same run (for ``--resume``).
+
+        Keys in ``ignore`` (the experiment's report settings) may differ: they do not change
+        the cells."""
         m = self.meta()
         where = self.path.parent
         if m["experiment"] != experiment:
@@ -161,21 +210,36 @@ class Store:
                 f"--resume: {where} holds experiment {m['experiment']!r}, not {experiment!r}; "
                 "use a new --out")
         diffs = [f"{k}: stored {m['config'].get(k)!r} != requested {v!r}"
-                 for k, v in config.items() if canonical_json(m["config"].get(k)) !=
-                 canonical_json(v)]
+                 for k, v in config.items() if k not in ignore
+                 and canonical_json(m["config"].get(k)) != canonical_json(v)]
+        for k, v in m["config"].items():
+            if k in config or k in ignore:
+                continue
+            if k in RUN_OPTION_KEYS:
+                diffs.append(f"{k}: stored {v!r} as a config key, which is now the run option "
+                             f"--{k} (its cell ids hold the old key: finish it with the lazylab "
+                             "version that wrote it; `lazylab report` still reads it)")
+            else:
+                diffs.append(f"{k}: stored {v!r}, no longer a config key")
         if canonical_json(m["sweep"]) != canonical_json(sweep):
             diffs.append(f"sweep: stored {m['sweep']} != requested {sweep}")
         if m["preset"] != preset:
             diffs.append(f"preset: stored {m['preset']!r} != requested {preset!r}")
-        if diffs or m["hash"] != run_hash(experiment, config, sweep):
+        same = {k: v for k, v in config.items() if k not in ignore}
+        stored = {k: v for k, v in m["config"].items() if k not in ignore}
+        if diffs or (m["hash"] != run_hash(experiment, config, sweep)
+                     and run_hash(experiment, stored, m["sweep"])
+                     != run_hash(experiment, same, sweep)):
             raise IncompatibleStoreError(
                 f"--resume: {where} was run with another config of {experiment!r} ("
                 + "; ".join(diffs or ["config hash differs"]) + "); use a new --out")
 
+    @_guarded
     def cell_status(self) -> dict[str, str]:
         """cell id -> status."""
         return dict(self.conn.execute("SELECT cell_id, status FROM cells"))
 
+    @_guarded
     def cells(self) -> list[dict[str, Any]]:
         """All cell rows as dicts (params/config decoded), in grid order."""
         cur = self.conn.execute(
@@ -189,6 +253,7 @@ class Store:
                         "n_records": r[10]})
         return out
 
+    @_guarded
     def records(self) -> list[tuple[str, dict[str, Any]]]:
         """(cell id, record) for every stored record, in grid then record order."""
         cur = self.conn.execute(
@@ -216,6 +281,14 @@ class Store:
                 "UPDATE cells SET status='done', started=?, finished=?, wall_s=?, pid=?, host=?, "
                 "n_records=? WHERE cell_id=?",
                 (started, finished, finished - started, pid, host, len(rows), cell_id))
+
+
+    def mark_failed(self, cell_id: str) -> None:
+        """Set a cell that could not be computed (its worker died twice) to status 'failed';
+        ``--resume`` runs it again."""
+        with self.conn:
+            self.conn.execute("UPDATE cells SET status='failed' WHERE cell_id=? AND status!='done'",
+                              (cell_id,))
 
 
 def load_results(directory: str | os.PathLike, *, include_pending: bool = False):

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from lazylab.lab.config import ResolvedConfig, canonical_json, config_hash
+from lazylab.lab.config import ResolvedConfig, canonical_json, cell_hash
 
 __all__ = ["Cell", "grid"]
 
@@ -37,11 +37,18 @@ class Cell:
         return " ".join(f"{k}={v}" for k, v in self.params.items())
 
 
-def grid(resolved: ResolvedConfig) -> list[Cell]:
+def grid(resolved: ResolvedConfig, report_settings: tuple[str, ...] = ()) -> list[Cell]:
     """All cells of ``resolved.sweep`` over ``resolved.base`` (one cell when nothing is swept).
 
-    Raises ValueError on an empty value list or when two cells coincide (duplicate values).
+    Cell ids leave out the keys in ``report_settings`` (see :func:`~lazylab.lab.config.cell_hash`).
+    Raises ValueError on an empty value list, on a swept report setting, or when two cells
+    coincide (duplicate values).
     """
+    swept = [k for k in resolved.sweep if k in report_settings]
+    if swept:
+        raise ValueError(f"--sweep: {swept} only change how the report judges the results, not "
+                         "the cells; set one value with --set, or re-judge a finished run with "
+                         "`lazylab report DIR --set KEY=VALUE`")
     keys = list(resolved.sweep)
     for k in keys:
         if not resolved.sweep[k]:
@@ -51,7 +58,7 @@ def grid(resolved: ResolvedConfig) -> list[Cell]:
     for i, values in enumerate(itertools.product(*(resolved.sweep[k] for k in keys))):
         params = dict(zip(keys, values))
         config = {**resolved.base, **params}
-        cid = config_hash(config)
+        cid = cell_hash(config, report_settings)
         if cid in seen:
             raise ValueError(f"sweep has duplicate cells: {canonical_json(params)} repeats cell "
                              f"{seen[cid]}; remove the repeated value")

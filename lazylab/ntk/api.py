@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
+from lazylab.checks import check_finite_tensors
 from lazylab.ntk.jacobian import OUTPUTS, JacobianEngine
 from lazylab.ntk.ntvp import NTVPEngine
 from lazylab.ntk.problem import Problem, build_problem
@@ -16,31 +18,33 @@ METHODS = ("auto", "jacobian", "ntvp", "structured")
 MEMORY_BUDGET = 1 << 30  # bytes of per-tile features the default tiling aims for
 
 
-def _check_x(x: object, arg: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError(f"{arg} must have a batch dimension, got a scalar")
-    if x.shape[0] == 0:
-        raise ValueError(
-            f"{arg} is an empty batch (shape {tuple(x.shape)}); need at least 1 example")
-    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{arg} contains NaN or inf values")
-    return x
+def _check_x(x: object, arg: str) -> fn.Inputs:
+    """A tensor (any dtype) or a tuple/dict of batched tensors (:mod:`lazylab.functional`)."""
+    return fn.check_inputs(x, arg)
 
 
-def _probe(problem: Problem, x: Tensor, arg: str) -> int:
+def _shape(x: fn.Inputs) -> object:
+    if isinstance(x, Tensor):
+        return tuple(x.shape)
+    if isinstance(x, dict):
+        return {k: tuple(v.shape) for k, v in x.items()}
+    return tuple(tuple(v.shape) for v in x)
+
+
+def _probe(problem: Problem, x: fn.Inputs, arg: str) -> int:
     """Run the model on two examples of ``x``; return the output dim or raise a ValueError."""
+    head = fn.take(x, slice(0, 2))
     try:
         with torch.no_grad():
-            out = problem.f(problem.params, x[:2])
+            out = problem.f(problem.params, head)
     except Exception as err:  # the model's own error, re-raised with the argument named
         raise ValueError(
-            f"{arg} of shape {tuple(x.shape)} is incompatible with the model: "
+            f"{arg} of shape {_shape(x)} is incompatible with the model: "
             f"{type(err).__name__}: {err}") from err
-    if out.shape[0] != x[:2].shape[0]:
+    if out.shape[0] != fn.batch_size(head):
         raise ValueError(f"the model maps {arg}[:2] to {out.shape[0]} outputs rows; the NTK needs "
                          "one output row per example (batch on axis 0)")
+    fn.check_buffers_frozen(problem.module, head, "ntk")
     return out.shape[1]
 
 
@@ -146,8 +150,8 @@ def _tiles(n: int, b: int) -> list[slice]:
 
 def ntk(
     model: nn.Module,
-    x1: Tensor,
-    x2: Tensor | None = None,
+    x1: fn.Inputs,
+    x2: fn.Inputs | None = None,
     *,
     method: str = "auto",
     output: str = "trace",
@@ -157,6 +161,9 @@ def ntk(
     device: torch.device | str | None = None,
     accumulate_dtype: torch.dtype | None = None,
     progress: bool | None = None,
+    output_fn: fn.OutputFn = None,
+    out: str | None = None,
+    client: object | None = None,
 ) -> Tensor:
     """Empirical neural tangent kernel ``K(x, x') = J(x) J(x')^T``.
 
@@ -188,6 +195,18 @@ def ntk(
             returned kernel use this dtype while the network runs in ``dtype`` (``"ntvp"`` has no
             separate contraction: its products run in ``dtype`` and the result is cast).
         progress: tqdm bar over tiles; default on when there are more than 16 tile pairs.
+        output_fn: which output of a model returning a tuple/dict/``ModelOutput`` is ``f``
+            (:func:`lazylab.functional.select_output`; default: a tensor, or ``"logits"``).
+        out: path of a ``.npy`` file: the kernel is written tile by tile into it (memory-mapped;
+            resumable after an interruption) and returned as a tensor over the file
+            (:mod:`lazylab.ntk.out_of_core`).
+        client: run the tiles on Dask: a ``distributed.Client``, ``"dask://HOST:PORT"``, or an
+            int ``n`` for a ``LocalCluster`` of ``n`` workers (:mod:`lazylab.ntk.distributed`).
+
+    Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
+    batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
+    :mod:`lazylab.functional`. Recurrent layers are handled exactly (per-example loop instead of
+    ``vmap``); forward-mode products fall back to the double-VJP identity where torch has none.
 
     Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
     ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
@@ -229,7 +248,8 @@ def ntk(
     if not symmetric:
         x2 = _check_x(x2, "x2")
 
-    problem = build_problem(model, params, dtype, device)
+    problem = build_problem(model, params, dtype, device, output_fn=output_fn)
+    check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")  # NaN weights: error
     if method == "ntvp" and _batch_coupled(problem):
         raise ValueError(f"method='ntvp' needs per-example gradients, but {_batch_coupled(problem)}"
                          " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
@@ -241,10 +261,11 @@ def ntk(
             o2 = _probe(problem, x2, "x2")
             if o2 != o:
                 raise ValueError(f"the model gives {o} outputs on x1 but {o2} on x2")
-        n1, n2 = x1.shape[0], x2.shape[0]
+        n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
         st = None
         if method in ("auto", "structured"):
-            st = StructuredEngine(problem, output, accumulate_dtype, x1[:2], block_size or n1)
+            st = StructuredEngine(problem, output, accumulate_dtype, fn.take(x1, slice(0, 2)),
+                                  block_size or n1)
         if method == "auto":
             method = _choose(problem, st, n1, n2, o, output, symmetric)
         if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
@@ -253,12 +274,19 @@ def ntk(
         if symmetric and block_size is None and b >= n1 >= 32 and _contraction(
                 method, problem, st, n1, o, output) > SPLIT_WORK:
             b = -(-n1 // 4)  # 4 row tiles: only the lower triangle, 10/16 of the contraction
+        if block_size is None and (out is not None or client is not None):
+            from lazylab.ntk.tile_jobs import tile_cap
+            b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
         if method == "structured":
             st.set_tile(b)
         engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
                   "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
                                              chunk_size=_ntvp_chunk(problem)),
                   "structured": lambda: st}[method]()
+        if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
+            from lazylab.ntk.tile_jobs import run_tiles
+            return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
+                             problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
 
@@ -314,9 +342,9 @@ def _symmetrize(blk: Tensor, output: str) -> Tensor:
     return (blk + _transpose(blk, output)) / 2
 
 
-def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: int, output: str,
-           dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
-    n1, n2 = x1.shape[0], x2.shape[0]
+def _tiled(engine: object, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool, b: int, o: int,
+           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
+    n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
     tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
     rows, cols = _tiles(n1, b), _tiles(n2, b)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
@@ -336,7 +364,7 @@ def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: i
     def column(j: int, c: slice) -> object:
         if j in cache:
             return cache[j]
-        s = engine.prepare(x2[c])
+        s = engine.prepare(fn.take(x2, c))
         size = _nbytes(s)
         if cached[0] + size <= MEMORY_BUDGET:
             cache[j] = s
@@ -345,7 +373,7 @@ def _tiled(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: i
 
     try:
         for i, r in enumerate(rows):
-            s1 = cache[i] if symmetric and i in cache else engine.prepare(x1[r])
+            s1 = cache[i] if symmetric and i in cache else engine.prepare(fn.take(x1, r))
             if symmetric and i not in cache and cached[0] + _nbytes(s1) <= MEMORY_BUDGET:
                 cache[i] = s1
                 cached[0] += _nbytes(s1)

@@ -5,6 +5,11 @@ tensor ``p``. The Jacobians of a tile of ``N`` examples are ``vmap(jacrev(f_sing
 ``N * O * P`` numbers (``P`` = selected parameters), time about ``O`` backward passes per example,
 then ``N1 * N2 * O * P`` multiply-adds for the trace contraction (``O^2`` times that for
 ``output="full"``).
+
+Recurrent layers (``nn.RNN``/``nn.LSTM``/``nn.GRU``) do not run under a per-example ``vmap`` (their
+fused kernels mix the vmapped batch with the RNN's own): for models holding one, and whenever the
+vmapped Jacobian raises, the Jacobians are computed example by example (``jacrev`` per example;
+exact, ``N`` calls instead of one).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
+from lazylab import functional as fn
 from lazylab.ntk.problem import Problem
 
 OUTPUTS = ("trace", "full", "diagonal")
 
 
-def jacobian_features(problem: Problem, x: Tensor, names: Sequence[str] | None = None
+def jacobian_features(problem: Problem, x: fn.Inputs, names: Sequence[str] | None = None
                       ) -> list[Tensor]:
     """Per-example Jacobians ``[(N, O, numel(p)) for p in names]`` (default: all selected)."""
     names = list(problem.params) if names is None else list(names)
@@ -32,7 +38,15 @@ def jacobian_features(problem: Problem, x: Tensor, names: Sequence[str] | None =
     def fs(p: dict[str, Tensor], xi: Tensor) -> Tensor:
         return problem.f_single({**rest, **p}, xi)
 
-    jac = vmap(jacrev(fs), in_dims=(None, 0))(sub, x)
+    jac = None
+    if not problem.recurrent:
+        try:
+            jac = vmap(jacrev(fs), in_dims=(None, 0))(sub, x)
+        except RuntimeError:  # a layer that breaks under vmap: the exact per-example loop below
+            jac = None
+    if jac is None:
+        rows = [jacrev(fs)(sub, fn._map(lambda t, i=i: t[i], x)) for i in range(fn.batch_size(x))]
+        jac = {k: torch.stack([r[k] for r in rows]) for k in sub}
     return [j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()]
 
 

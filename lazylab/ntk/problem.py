@@ -3,7 +3,9 @@
 :class:`Problem` turns an ``nn.Module`` into ``f(params, x) -> (N, O)`` with the differentiated
 parameters (``params``) separated from the frozen state (other parameters and buffers), resolves the
 regime wrappers of :mod:`lazylab.regimes`, and applies the BatchNorm policy (eval mode, running
-statistics). Nothing here computes a kernel.
+statistics). Inputs, output selection and shared parameters follow :mod:`lazylab.functional`
+(a tensor of any dtype or a tuple/dict of batched tensors; ``output_fn``; ``tie_weights``).
+Nothing here computes a kernel.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from lazylab import functional as fn
+from lazylab.functional import Inputs, OutputFn
 from lazylab.regimes import Linearized, _check_batchnorm
 
 ParamSpec = Sequence[str] | Callable[[str, Tensor], bool] | None
@@ -32,11 +35,11 @@ def as_2d(out: object) -> Tensor:
     return out.reshape(out.shape[0], -1)
 
 
-def _unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
-    """(module to differentiate, parameter values overriding its own ones)."""
+def _unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor], OutputFn]:
+    """(module to differentiate, parameter values overriding its own ones, output selector)."""
     if isinstance(model, Linearized):
-        return model.model, {k: v.detach() for k, v in model.params0.items()}
-    return model, {}
+        return model.model, {k: v.detach() for k, v in model.params0.items()}, model.output_fn
+    return model, {}, None
 
 
 @dataclass
@@ -54,16 +57,22 @@ class Problem:
     frozen: dict[str, Tensor]
     device: torch.device
     dtype: torch.dtype
+    output_fn: OutputFn = None
     _modes: dict[nn.Module, bool] = field(default_factory=dict)
 
-    def f(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def f(self, params: dict[str, Tensor], x: Inputs) -> Tensor:
         """Batched outputs ``(N, O)`` at ``params`` (selected ones; the rest frozen)."""
         state = {**self.frozen, **params}
-        return as_2d(functional_call(self.module, state, (x,), tie_weights=True))
+        return as_2d(fn.call(self.module, state, x, self.output_fn))
 
-    def f_single(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Outputs ``(O,)`` of one example ``x`` (no batch dim)."""
-        return self.f(params, x.unsqueeze(0)).squeeze(0)
+    def f_single(self, params: dict[str, Tensor], x: Inputs) -> Tensor:
+        """Outputs ``(O,)`` of one example ``x`` (every leaf without its batch dim)."""
+        return self.f(params, fn._map(lambda t: t.unsqueeze(0), x)).squeeze(0)
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the module holds an RNN layer (per-example ``vmap`` is avoided for those)."""
+        return fn.has_recurrent(self.module)
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
@@ -76,9 +85,9 @@ class Problem:
             for m, t in modes.items():
                 m.training = t
 
-    def prep_input(self, x: Tensor) -> Tensor:
-        x = x.to(self.device)
-        return x.to(self.dtype) if x.is_floating_point() else x
+    def prep_input(self, x: Inputs) -> Inputs:
+        """Inputs on ``device``; floating leaves in ``dtype``, integer leaves untouched."""
+        return fn.cast_inputs(x, self.device, self.dtype)
 
     @property
     def n_params(self) -> int:
@@ -90,11 +99,17 @@ def build_problem(
     params: ParamSpec = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    output_fn: OutputFn = None,
 ) -> Problem:
-    """Resolve wrapper, parameter selection, dtype and device; refuse batch-coupled BatchNorm."""
+    """Resolve wrapper, parameter selection, dtype and device; refuse batch-coupled BatchNorm.
+
+    ``output_fn`` selects the model's output (:func:`lazylab.functional.select_output`); for a
+    :class:`~lazylab.regimes.Linearized` model its own selector is the default.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    module, override = _unwrap(model)
+    module, override, own_fn = _unwrap(model)
+    output_fn = own_fn if output_fn is None else output_fn
     _check_batchnorm(module, "ntk")  # eval-mode BatchNorm policy, shared with linearize()
     named = dict(module.named_parameters())
     if not named:
@@ -130,4 +145,5 @@ def build_problem(
     sel = {n: conv(values[n]) for n in chosen}
     frozen = {n: conv(v) for n, v in values.items() if n not in sel}
     frozen.update({n: conv(b) for n, b in module.named_buffers()})
-    return Problem(module=module, params=sel, frozen=frozen, device=dev, dtype=dt)
+    return Problem(module=module, params=sel, frozen=frozen, device=dev, dtype=dt,
+                   output_fn=output_fn)

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lazylab import training
 from lazylab.tensor.model import TensorModel
 from lazylab.tensor.symmetric import SymCP
 from lazylab.tensor.tangent import tangent_lstsq
+from lazylab.training.hooks import Hook, Stop
 
 __all__ = ["FitResult", "fit_lazy", "fit_gd", "fit_variant", "relative_error"]
 
@@ -86,28 +88,39 @@ def fit_lazy(model: TensorModel, target: SymCP, **lstsq_kwargs) -> FitResult:
     return FitResult(rel_error=rel, steps=0, history=[(0, rel)], info=info)
 
 
+class _Fit(Hook):
+    """Tensor GD on the loop: records ``(step, rel. error)`` every ``record_every`` steps from the
+    objective's own forward, stops before the update once the error is ``<= tol`` (from step
+    ``stop_from``) or the budget is spent; ``hook(step)`` after each update."""
+
+    def __init__(self, steps: int, record_every: int, tol: float, hook=None, stop_from: int = 0):
+        self.steps, self.every, self.tol = steps, record_every, tol
+        self.hook, self.stop_from = hook, stop_from
+        self.hist: list[tuple[int, float]] = []
+
+    def after_forward(self, state, value, err) -> None:
+        step = state.step
+        done = (err <= self.tol and step >= self.stop_from) or step == self.steps
+        if step % self.every == 0 or done:
+            self.hist.append((step, err))
+        if done:
+            raise Stop("done")
+
+    def end_step(self, state) -> None:
+        if self.hook is not None:
+            self.hook(state.step)
+
+
 def _run_gd(model: TensorModel, objective, steps: int, lr: float, record_every: int,
             tol: float, hook=None, stop_from: int = 0) -> tuple[list[tuple[int, float]], int, bool]:
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    hist: list[tuple[int, float]] = []
-    diverged = False
-    step = 0
-    for step in range(steps + 1):
-        opt.zero_grad()
-        loss, err = objective(step)
-        if not torch.isfinite(loss):
-            diverged = True
-            break
-        done = (err <= tol and step >= stop_from) or step == steps
-        if step % record_every == 0 or done:
-            hist.append((step, err))
-        if done:
-            break
-        loss.backward()
-        opt.step()
-        if hook is not None:
-            hook(step + 1)
-    return hist, step, diverged
+    """Full-objective GD (``torch.optim.SGD``) on the one training loop; ``objective(step) ->
+    (loss, rel. error)``. Returns the history, the last step and whether the loss diverged."""
+    spec = training.sgd(lr)
+    fit = _Fit(steps, record_every, tol, hook, stop_from)
+    h = training.run(training.LoopState(model), training.NoData(),
+                     lambda st, _: objective(st.step), spec, spec.build(list(model.parameters())),
+                     steps + 1, hooks=[fit], on_divergence="stop")
+    return fit.hist, h.steps, h.stopped == "diverged"
 
 
 def fit_gd(model: TensorModel, target: SymCP, *, steps: int = 2000, lr: float = 0.05,

@@ -7,7 +7,7 @@ unit sphere, no biases, output scale 1 (``scaling = 1``). Built as
 
 Scale mapping: this net is 2-positively homogeneous in its weights, so initialising with std ``tau``
 equals ``tau^2 * h(w0 / tau)``: the paper's init scale ``tau`` plays the role of ``alpha = tau^2``
-(PAPERS.md 1.1, "Homogeneous models"). The paper changes the scale through ``tau`` (``scaling = 1``),
+(docs/papers.md §1.1). The paper changes the scale through ``tau`` (``scaling = 1``),
 and so do we; ``lazylab.lazy`` is used where the paper uses an explicit ``alpha`` (chizat-width,
 chizat-rates).
 
@@ -23,11 +23,11 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lazylab.data.synthetic import sphere, teacher_two_layer
+from lazylab.lab.experiments._common import loglog_slope  # noqa: F401  (its old home)
 from lazylab.models import TwoLayerNet
 
 __all__ = ["chizat_net", "teacher_data", "loglog_slope", "paper_lr", "cell_threads"]
@@ -108,12 +108,3 @@ def chizat_net(d: int, m: int, tau: float, seed: int, *, symmetric: bool = True,
 def paper_lr(tau: float, c: float = 0.1, cap: float = 10.0) -> float:
     """The paper's GD step size ``min(cap, c / tau^2)`` (``test_vs_scale.jl``: c = 0.1, cap = 10)."""
     return float(min(cap, c / tau**2))
-
-
-def loglog_slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (NaN when fewer than 2 finite points)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])

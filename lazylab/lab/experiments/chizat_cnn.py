@@ -1,7 +1,7 @@
 """``chizat-cnn``: accuracy of a centered CNN trained with the loss scaled by 1/alpha^2, vs alpha.
 
 Chizat, Oyallon & Bach (2019), Sec 3.2, Fig 3(a), Fig 7(a) and the Fig 3(b) table (see
-/work/shared/PAPERS.md E1.5, E1.6, App C.2). Model: the centered, rescaled network
+docs/papers.md, Chizat §1.2). Model: the centered, rescaled network
 ``alpha * (h(w, x) - h(w0, x))`` (``lazylab.lazy(net, alpha, center="copy")``), trained by SGD
 (momentum 0.9, batch 128, standard augmentation) on ``R(alpha h) / alpha^2`` with the learning rate
 ``eta0 / (1 + beta * epoch)``. For large alpha the training is lazy: the net stays near its
@@ -32,13 +32,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import ALPHA, NONNEG, POSITIVE, Rule, cifar10_dir, one_of
 
 PAPER_ALPHAS = [10.0**k for k in range(8)]
-# Fig 3(a) read off the figure (PAPERS.md 1.3 [F]); Fig 3(b) table (PAPERS.md 1.3 [P]).
+# Fig 3(a) read off the figure (docs/papers.md §1.2 [F]); Fig 3(b) table (docs/papers.md §1.2 [P]).
 PAPER_FIG3A = {"test_acc_alpha1": (0.88, 0.89), "plateau_test_acc": 0.55, "plateau_train_acc": 0.53}
 PAPER_FIG3B = {  # (model, alpha) -> (train acc, test acc)
     ("vgg11", 1.0): (0.999, 0.897), ("resnet18", 1.0): (0.994, 0.910),
@@ -71,9 +73,18 @@ class ChizatCNNConfig:
     n_track: int = 8              # tracked (evaluated) steps per run, log-spaced
     fig3b: bool = False           # Fig 3(b) cell: width/gain/lr/loss/batch from resolve_fig3b
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": one_of("digits", "cifar10"), "data_dir": cifar10_dir(),
+        "n_train": NONNEG, "n_test": NONNEG, "model": one_of("smallcnn", "vgg11", "resnet18"),
+        "width": POSITIVE, "depth": POSITIVE, "width_mult": POSITIVE, "gain": POSITIVE,
+        "alpha": ALPHA, "loss": one_of("mse", "cross_entropy"), "eta0": POSITIVE, "beta": NONNEG,
+        "momentum": Rule(ge=0, lt=1), "batch_size": POSITIVE, "epochs": POSITIVE,
+        "compute_dtype": one_of("auto", "float32", "float64"), "n_stability": POSITIVE,
+        "n_track": POSITIVE}
+
 
 def resolve_fig3b(cfg: ChizatCNNConfig) -> ChizatCNNConfig:
-    """The Fig 3(b) settings of the paper (PAPERS.md E1.6) for ``cfg.model`` and ``cfg.alpha``:
+    """The Fig 3(b) settings of the paper (docs/papers.md §1.2, Fig 3(b)) for ``cfg.model`` and ``cfg.alpha``:
     channels x8 (VGG-11) / x7 (ResNet-18), init weights x1.3 / x1.2 (Xavier gain), batch 8,
     cross-entropy / alpha^2, eta0 = 0.01 for alpha = 1 ("standard") and 1.0 otherwise
     ("linearized", alpha = 1e7)."""
@@ -225,6 +236,76 @@ def _final_table(df, by_model: bool = False):
     return table
 
 
+SRC_3A = "Chizat et al. 2019 Fig 3(a) [F], docs/papers.md §1.2"
+
+
+def _fig3a_claims(df, a, te, st, paper: bool, metrics: dict) -> list[Check]:
+    """Fig 3(a)'s claims, per seed: accuracy falls as alpha grows (acc(1) > acc(10) > plateau,
+    1 point slack), a drop of >= 10 points from alpha = 1 to the plateau (quick; the paper's is
+    ≈ 33 points), a flat plateau for alpha >= 100 (spread <= 3 points; only with the drop: an
+    untrained net is flat too), and on CIFAR-10 the figure's values (88-89 % ± 2 at alpha = 1,
+    55 % ± 5 on the plateau). Stability -> 1 at the largest alpha is a sanity check (weights move
+    by ~1/alpha by construction)."""
+    from lazylab.lab.experiments._common import per_seed
+
+    checks: list[Check] = []
+    last = df[df["final"].fillna(False).astype(bool)] if "final" in df else df
+    if not (len(a) >= 3 and a[0] == 1.0 and (a >= 100).any()):
+        if len(a):
+            checks.append(check(f"stability of activations at the largest alpha = {a[-1]:g}",
+                                float(st[-1]), 0.98 if paper else 0.95, op=">=", kind="sanity"))
+        return checks
+
+    def curve(g):
+        c = g.groupby("alpha")["test_acc"].mean().sort_index()
+        return c.index.to_numpy(float), c.to_numpy(float)
+
+    def falls(g):
+        x, y = curve(g)
+        plat = float(np.nanmean(y[x >= 100]))
+        return float(min(y[0] - y[1], y[1] - plat + 0.01))
+
+    def spread(g):
+        x, y = curve(g)
+        return float(np.nanmax(y[x >= 100]) - np.nanmin(y[x >= 100]))
+
+    def drop(g):
+        x, y = curve(g)
+        return float(y[0] - np.nanmean(y[x >= 100]))
+
+    plateau = float(np.nanmean(te[a >= 100]))
+    metrics.update(test_acc_plateau=plateau, test_acc_drop=float(te[0] - plateau),
+                   plateau_spread=float(np.nanmax(te[a >= 100]) - np.nanmin(te[a >= 100])))
+    c_fall = check("test accuracy falls as alpha grows: acc(1) > acc(10) > plateau "
+                   "(min of the two margins, 1 point slack on the plateau)", None, 0.0, op=">",
+                   seeds=per_seed(last, falls), source=SRC_3A + "; 'significant drop' [P] Sec 3.2")
+    checks.append(c_fall)
+    c_drop = None
+    if not paper:
+        c_drop = check("drop of test accuracy from alpha = 1 to the plateau (points/100)", None,
+                       0.10, op=">=", seeds=per_seed(last, drop), source=SRC_3A + " (≈ 33 points)",
+                       note="loose quick-preset threshold")
+    c_flat = check("accuracy plateaus for alpha >= 100 (max - min test acc)", None, 0.03, op="<=",
+                   seeds=per_seed(last, spread), source=SRC_3A + "; 3 points is ours")
+    c_flat.passed = bool(c_flat.passed and c_fall.passed)
+    checks.append(c_flat)
+    if paper:
+        lo, hi = PAPER_FIG3A["test_acc_alpha1"]
+        checks.append(check("test acc at alpha = 1 (paper Fig 3a: 88-89 %)", None, (lo + hi) / 2,
+                            lo=lo - 0.02, hi=hi + 0.02, seeds=per_seed(last, lambda g: curve(g)[1][0]),
+                            source=SRC_3A + "; ±2 points of read-off"))
+        checks.append(check("test acc plateau, alpha >= 100 (paper Fig 3a: ~55 %)", None,
+                            PAPER_FIG3A["plateau_test_acc"], lo=0.50, hi=0.60,
+                            seeds=per_seed(last, lambda g: curve(g)[1][0] - drop(g)),
+                            source=SRC_3A + "; ±5 points"))
+    else:
+        checks.append(c_drop)
+    checks.append(check(f"stability of activations at the largest alpha = {a[-1]:g}",
+                        float(st[-1]), 0.98 if paper else 0.95, op=">=", kind="sanity",
+                        source="weights move by O(1/alpha) by construction"))
+    return checks
+
+
 def report(df, base: ChizatCNNConfig) -> Report:
     import matplotlib.pyplot as plt
 
@@ -241,29 +322,7 @@ def report(df, base: ChizatCNNConfig) -> Report:
         metrics[f"train_acc@alpha={ai:g}"] = float(tri)
         metrics[f"stability@alpha={ai:g}"] = float(sti)
     paper = base.dataset == "cifar10"
-    if len(a) >= 3 and a[0] == 1.0 and (a >= 100).any():
-        plateau = float(np.nanmean(te[a >= 100]))
-        spread = float(np.nanmax(te[a >= 100]) - np.nanmin(te[a >= 100]))
-        drop = float(te[0] - plateau)
-        metrics.update(test_acc_plateau=plateau, test_acc_drop=drop, plateau_spread=spread)
-        checks.append(Check("test accuracy falls as alpha grows: acc(1) > acc(10) > plateau",
-                            float(te[1] - plateau), "> 0 and acc(1) > acc(10)",
-                            bool(te[0] > te[1] > plateau - 0.01), "1 point slack on the plateau"))
-        checks.append(check("accuracy plateaus for alpha >= 100 (max - min test acc)", spread,
-                            0.03, op="<="))
-        if paper:
-            lo, hi = PAPER_FIG3A["test_acc_alpha1"]
-            checks.append(Check("test acc at alpha = 1 (paper Fig 3a: 88-89 %)", float(te[0]),
-                                "0.88-0.89", bool(lo - 0.02 <= te[0] <= hi + 0.02), "±2 points"))
-            checks.append(check("test acc plateau, alpha >= 100 (paper Fig 3a: ~55 %)", plateau,
-                                PAPER_FIG3A["plateau_test_acc"], atol=0.05))
-        else:
-            checks.append(check("drop of test accuracy from alpha = 1 to the plateau (points/100)",
-                                drop, 0.10, op=">="))
-    if len(a):
-        checks.append(check(f"stability of activations at the largest alpha = {a[-1]:g}",
-                            float(st[-1]), 0.98 if paper else 0.95, op=">="))
-
+    checks += _fig3a_claims(df, a, te, st, paper, metrics)
     figs = {}
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogx(a, 100 * tr, "o-", label="train accuracy")
@@ -324,10 +383,11 @@ def _report_fig3b(table) -> Report:
         metrics[f"train_acc[{name}]"] = float(r["train_acc"])
         if not math.isnan(pte):
             checks.append(check(f"test acc {name} (paper Fig 3b: {pte:.1%})", float(r["test_acc"]),
-                                pte, atol=0.05))
+                                pte, atol=0.05, source="Chizat et al. 2019 Fig 3(b) table [P], "
+                                "docs/papers.md §1.2; ±5 points is ours"))
         if key[1] > 1:
             checks.append(check(f"stability of activations {name} (paper: 100 %)",
-                                float(r["stability"]), 0.98, op=">="))
+                                float(r["stability"]), 0.98, op=">=", kind="sanity"))
         rows.append({"model": name, "train_acc": r["train_acc"], "test_acc": r["test_acc"],
                      "paper_train_acc": ptr, "paper_test_acc": pte, "stability": r["stability"]})
     import pandas as pd
@@ -346,7 +406,8 @@ EXPERIMENT = register(Experiment(
     presets={
         "quick": Preset(set={"dataset": "digits", "model": "smallcnn", "width": 32, "epochs": 30,
                              "eta0": 3.0, "n_stability": 540, "n_track": 6},
-                        sweep={"alpha": [1.0, 10.0, 100.0, 1e3, 1e5, 1e7]}),
+                        # seeds 1-3: eta0 was chosen on seed 0 (out-of-sample check)
+                        sweep={"alpha": [1.0, 10.0, 100.0, 1e3, 1e5, 1e7], "seed": [1, 2, 3]}),
         "paper": Preset(set={"dataset": "cifar10", "model": "vgg11", "epochs": 70, "eta0": 1.0,
                              "n_track": 8, "seed": 58},
                         sweep={"alpha": PAPER_ALPHAS}),

@@ -14,17 +14,17 @@ Population training (as the official code): a fresh batch of ``batch_size`` Gaus
 step, mean-squared loss ``(1/2) mean (f - y)^2``, per-parameter learning-rate multipliers of the code
 (``W``, ``a``: ``N * lr``; ``c``: ``lr``; the NT first layer gets an extra :func:`nt_multiplier`), and
 the code's step schedule (``lr`` until 80 % of the steps, ``lr/10`` until 90 %, then ``lr/15``; NN:
-drops at 70 % and 85 %). This is a small loop with ``torch.optim.SGD`` over the regime modules rather than
-``lazylab.trainer.train``: the trainer iterates over a fixed ``(X, y)``, and drawing the whole stream in
-advance (``steps * batch_size`` points, 18 GB at the paper's d = 450, 100 000 steps) is not possible;
-it also has no per-parameter-group learning rates, which the mean-field parametrization needs.
+drops at 70 % and 85 %). It runs on the library's one training loop (``lazylab.training.run``) with a
+sample-stream data source (``steps * batch_size`` points drawn as needed: drawing the stream in advance
+would take 18 GB at the paper's d = 450, 100 000 steps) and per-parameter-group rates, which the
+mean-field parametrization needs.
 
 Risks, normalized by ``Var f* = 2 ||B||_F^2``: (a) the exact population-optimal risk of the class at
 the cell's initialization (:mod:`lazylab.risks`: RF and NT depend on W, NN only on N); (b) the
 population risk of the SGD-trained model, exact for the quadratic activation (the trained function is a
 quadratic form, read off by ``torch.func``: :func:`lazylab.risks.model_risk`) and by Monte Carlo on
 ``n_test`` fresh points for ReLU; (c) the asymptotic curves :func:`lazylab.risks.exp_target_limits`
-(derived in /work/shared/PAPERS.md Sec. 2.1 [D], not quoted from the paper, whose body was not available).
+(our derivation, docs/papers.md §2.3 [D], not quoted from the paper, whose body was not available).
 
 Deviation from the code: the second layer starts at ``a_j = +-1`` (random signs) instead of ``N(0, 1)``
 (NT) or a common ``a = 0`` (NN, ``constant_a``). The NT class is the same for any ``a0`` with non-zero
@@ -41,10 +41,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import NONNEG, POSITIVE, Rule, one_of
 
 REGIMES = ("rf", "nt", "nn")
 COLORS = {"rf": "tab:blue", "nt": "tab:orange", "nn": "tab:green"}
@@ -68,6 +70,13 @@ class QuadraticConfig:
     n_track: int = 8
     dtype: str = "float32"
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "rho": POSITIVE, "regime": one_of("rf", "nt", "nn"),
+        "activation": one_of("quadratic", "relu"), "steps": NONNEG, "batch_size": POSITIVE,
+        "lr": POSITIVE, "nt_w_mult": NONNEG, "second_layer_init": one_of("sign", "gaussian"),
+        "nn_second_layer": one_of("trained", "fixed"), "n_test": POSITIVE, "n_track": POSITIVE,
+        "dtype": one_of("float32", "float64")}
+
 
 @dataclass
 class MixtureConfig:
@@ -87,6 +96,14 @@ class MixtureConfig:
     n_test: int = 100000
     n_track: int = 6
     dtype: str = "float32"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "d": POSITIVE, "s": POSITIVE, "delta": Rule(ge=0, lt=1), "rho": POSITIVE,
+        "regime": one_of("rf", "nt", "nn"), "activation": one_of("quadratic", "relu"),
+        "steps": NONNEG, "batch_size": POSITIVE, "lr": POSITIVE, "nt_w_mult": NONNEG,
+        "second_layer_init": one_of("sign", "gaussian"),
+        "nn_second_layer": one_of("trained", "fixed"), "n_test": POSITIVE, "n_track": POSITIVE,
+        "dtype": one_of("float32", "float64")}
 
 
 def _dtype(name: str):
@@ -173,8 +190,10 @@ def nt_multiplier(nt_w_mult: float, N: int, d: int) -> float:
     return float(nt_w_mult) if nt_w_mult > 0 else 40.0 * N / d
 
 
-def _optimizer(net, N: int, regime: str, lr: float, nt_w_mult: float):
-    import torch
+def _optimizer(net, N: int, regime: str, lr: float, nt_w_mult: float, steps: int):
+    """SGD with the official code's per-layer rates ``lr * mult`` and its step schedule."""
+    from lazylab import training
+    from lazylab.training.optim import multiply
 
     groups = []
     for name, p in net.named_parameters():
@@ -184,7 +203,8 @@ def _optimizer(net, N: int, regime: str, lr: float, nt_w_mult: float):
         if regime == "nt" and name == "hidden.weight":
             mult *= nt_w_mult
         groups.append({"params": [p], "lr": lr * mult, "mult": mult})
-    return torch.optim.SGD(groups, lr=lr)
+    spec = training.sgd(lr).with_schedule(multiply(lambda step: lr_factor(step, steps, regime)))
+    return spec, spec.build(groups)
 
 
 def _track_steps(steps: int, n: int) -> list[int]:
@@ -200,30 +220,23 @@ def population_sgd(model, net, N: int, regime: str, sample, loss_fn, steps: int,
     """SGD on fresh samples: at each step ``(x, y) = sample(generator)``, loss ``loss_fn(model(x), y)``,
     lr ``lr * mult * lr_factor(step)``. Returns ``evaluate(model) | {"step": k}`` at the ``track`` steps.
     Cost: ``steps`` forward/backward passes on one batch, O(steps * batch * d * N) (NT: plus one jvp per
-    step) and ``len(track)`` evaluations. Raises FloatingPointError on a non-finite loss."""
+    step) and ``len(track)`` evaluations. Raises FloatingPointError on a non-finite loss. Runs on the
+    one training loop (:func:`lazylab.training.run`) with a sample-stream data source."""
     import torch
 
-    opt = _optimizer(net, N, regime, lr, nt_w_mult)
+    from lazylab import training
+
+    class Evaluate(training.Hook):
+        def record(self, state) -> dict:
+            return evaluate(state.model)
+
+    spec, opt = _optimizer(net, N, regime, lr, nt_w_mult, steps)
     g = torch.Generator(device=device).manual_seed(1_000_003 + seed)
-    recs = []
-    it = range(steps + 1) if bar is None else bar(range(steps + 1), desc=f"{regime} N={N}")
-    for step in it:
-        if step in track:
-            recs.append({"step": step, **evaluate(model)})
-        if step == steps:
-            break
-        f = lr_factor(step, steps, regime)
-        for gr in opt.param_groups:
-            gr["lr"] = lr * gr["mult"] * f
-        x, y = sample(g)
-        loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"SGD diverged at step {step} (regime {regime}, N={N}, lr={lr}); "
-                                     "lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return recs
+    h = training.run(training.LoopState(model), training.Stream(sample, g),
+                     lambda st, b: (loss_fn(st.model(b[0]), b[1]), None), spec, opt, steps,
+                     hooks=[Evaluate()], track=set(track), label=f"SGD (regime {regime}, N={N}): ",
+                     progress=None if bar is None else bar(total=steps, desc=f"{regime} N={N}"))
+    return h.records
 
 
 def run_quadratic(cfg: QuadraticConfig, ctx: RunContext) -> list[dict]:
@@ -291,6 +304,86 @@ def _theory_axes(ax, rmax: float) -> None:
         ax.plot(r, lim[k], "-", color=COLORS[k], lw=1.2, label=f"{k.upper()} theory (d→∞)")
 
 
+SRC_D = "our derivation [D] of the d→∞ risks, docs/papers.md §2.3"
+SRC_P = "Ghorbani et al. 2019 abstract [P], docs/papers.md §2.1"
+SGD_TOL = 0.05  # SGD vs the class optimum, normalized risk (the code's runs end above it too)
+
+
+def _exact_claims(q) -> list[Check]:
+    """Exact-optimum checks on the final records ``q`` (quadratic activation, one row per cell).
+
+    Sanity: the NT and NN optima are 0 for rho >= 1 (a rank identity of the classes). Claim: the
+    RF optimum stays at its d→∞ value (1 + 1/(1+rho))/2 (0.75 at rho = 1, 0.70 at 1.5) for
+    rho >= 1, within ±0.05 (2 sd of one target draw at finite d), per seed (the RF optimum
+    depends on the random first layer)."""
+    from lazylab.lab.experiments._common import per_seed
+
+    checks: list[Check] = []
+    big = q[q["rho"] >= 1]
+    for reg in ("nt", "nn"):
+        b = big[big["regime"] == reg]
+        if len(b):
+            v = float(b["exact_norm"].max())
+            checks.append(Check(f"(a) {reg.upper()} exact risk ≈ 0 for rho >= 1", v, "<= 1e-6",
+                                v <= 1e-6, "normalized", kind="sanity",
+                                source="rank identity: the class holds every quadratic form"))
+    rf = big[big["regime"] == "rf"]
+    if len(rf):
+        dev = per_seed(rf, lambda g: float((g["exact_norm"] - _rf_limit(g["rho"])).abs().max()))
+        lo = float(_rf_limit(rf["rho"]).min())
+        hi = float(_rf_limit(rf["rho"]).max())
+        checks.append(check(f"(a) RF exact risk stays at its limit for rho >= 1 (theory "
+                            f"{lo:.3f}-{hi:.3f}; max |exact - limit|)", None, 0.05, op="<=",
+                            seeds=dev, source=SRC_D + "; RF = (1 + 1/(1+rho))/2"))
+    return checks
+
+
+def _rf_limit(rho):
+    return (1.0 + 1.0 / (1.0 + np.asarray(rho, float))) / 2.0
+
+
+def _sgd_claims(q, regimes) -> list[Check]:
+    """(b) population SGD reaches the class optimum: per seed, max over rho of
+    |SGD risk - exact optimum| <= 0.05 (normalized). For NN at rho >= 1 the optimum is 0, the
+    paper's "zero risk"."""
+    from lazylab.lab.experiments._common import per_seed
+
+    checks: list[Check] = []
+    for reg in regimes:
+        s = q[q["regime"] == reg]
+        if not len(s):
+            continue
+        gap = (s["risk_norm"] - s["exact_norm"]).abs()
+        worst = float(s["rho"].iloc[int(np.argmax(gap.to_numpy()))])
+        vals = per_seed(s, lambda g: float((g["risk_norm"] - g["exact_norm"]).abs().max()))
+        checks.append(check(f"(b) {reg.upper()}: max |SGD - exact| over rho (worst rho={worst:g})",
+                            None, SGD_TOL, op="<=", seeds=vals,
+                            source=(SRC_P + " (NN, NT: zero risk for N >= d)" if reg != "rf"
+                                    else SRC_D) + "; 0.05 is our tolerance"))
+    return checks
+
+
+def _gap_claim(t, act: str) -> list[Check]:
+    """(b) NN's SGD risk is below NT's at every rho < 1, by more than 0.05 (a third of the smallest
+    theoretical gap over rho in [0.25, 0.75], 0.15): per seed, min over rho of NT - NN."""
+    from lazylab.lab.experiments._common import per_seed
+
+    t = t[t["rho"] < 1]
+
+    def margin(g):
+        nn_ = g[g["regime"] == "nn"].groupby("rho")["risk_norm"].mean()
+        nt_ = g[g["regime"] == "nt"].groupby("rho")["risk_norm"].mean()
+        common = nn_.index.intersection(nt_.index)
+        return float((nt_[common] - nn_[common]).min()) if len(common) else math.nan
+
+    vals = per_seed(t, margin)
+    if not np.isfinite(vals).any():
+        return []
+    return [check(f"(b) {act}: NN SGD risk < NT SGD risk at every rho < 1 (min NT - NN)", None,
+                  SGD_TOL, op=">", seeds=vals,
+                  source=SRC_P + "; the gap for N < d (theory >= 0.15 on [0.25, 0.75])")]
+
+
 def report_quadratic(df, base: QuadraticConfig) -> Report:
     import matplotlib.pyplot as plt
 
@@ -330,41 +423,23 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
                 f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}, exact risk "
                 f"averaged over {draws} target draw(s); worst: "
                 f"{sel['regime'].iloc[i]} at rho={sel['rho'].iloc[i]:g})", float(dev.max()), "<= 0.03",
-                bool(dev.max() <= 0.03), "abs, normalized risk"))
+                bool(dev.max() <= 0.03), "abs, normalized risk", source=SRC_D
+                + "; 0.03 ≈ 1 sd of one target draw at d = 200", n=draws))
         elif len(sel):  # the limits are d -> inf statements about a random spectrum: one draw at
             # d = 200 sits ~0.025 (1 sd) from them, so the check needs d >= 200 and >= 4 draws
             metrics[f"exact_minus_theory_max_abs(d={d}, {draws} draw(s), not checked)"] = float(
                 (sel["exact_norm"] - sel["theory_norm"]).abs().max())
-        big = q[q["rho"] >= 1]
-        for reg in ("nt", "nn"):
-            b = big[big["regime"] == reg]
-            if len(b):
-                v = float(b["exact_norm"].max())
-                checks.append(Check(f"(a) {reg.upper()} exact risk ≈ 0 for rho >= 1", v, "<= 1e-6",
-                                    v <= 1e-6, "normalized"))
-        rf = big[big["regime"] == "rf"]
-        if len(rf):
-            v = float(rf["exact_norm"].min())
-            checks.append(Check("(a) RF exact risk bounded away from 0 for rho >= 1 (theory >= 0.5)", v,
-                                ">= 0.5", v >= 0.5, "normalized"))
+        checks += _exact_claims(last[last["activation"] == "quadratic"])
         if trained:
-            for reg in ("rf", "nt"):
-                s = q[q["regime"] == reg]
-                if len(s):
-                    gap = (s["sgd_norm"] - s["exact_norm"]).abs()
-                    i = int(np.argmax(gap.to_numpy()))
-                    checks.append(Check(
-                        f"(b) {reg.upper()}: max |SGD - exact| over rho (worst rho={s['rho'].iloc[i]:g})",
-                        float(gap.max()), "<= 0.05", bool(gap.max() <= 0.05), "abs, normalized risk"))
-    for act in sorted(table["activation"].unique()) if trained else []:
-        t = table[(table["activation"] == act) & (table["rho"] < 1)]
-        nn_ = t[t["regime"] == "nn"].set_index("rho")["sgd_norm"]
-        nt_ = t[t["regime"] == "nt"].set_index("rho")["sgd_norm"]
-        common = nn_.index.intersection(nt_.index)
-        if len(common):
-            margin = float((nt_[common] - nn_[common]).min())
-            checks.append(Check(f"(b) {act}: NN SGD risk < NT SGD risk at every rho < 1 (min NT - NN)",
-                                margin, "> 0", margin > 0, ""))
+            checks += _sgd_claims(last[last["activation"] == "quadratic"], ("rf", "nt", "nn"))
+    if trained:
+        for act in sorted(last["activation"].unique()):
+            checks += _gap_claim(last[last["activation"] == act], act)
+    for reg in ("nn",) if trained and len(q) else ():
+        b = q[(q["regime"] == reg) & (q["rho"] >= 1)]
+        if len(b):  # the paper says zero risk for N >= d: how far SGD is from it after these steps
+            metrics[f"nn_sgd_risk_rho>=1_max (paper: 0; {int(last['step'].max())} steps)"] = float(
+                b["sgd_norm"].max())
 
     figs = {}
     acts = sorted(table["activation"].unique())
@@ -397,7 +472,7 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
         "gamma ~ Exp(1) (the official code's target). Exact optimum: least squares in the space of "
         "quadratic forms (lazylab.risks; RF/NT at the cell's own random W). SGD: population training "
         "(fresh batch each step), risk of the trained model computed exactly (quadratic activation) or "
-        "by Monte Carlo (ReLU). Theory curves: d→∞ limits derived in /work/shared/PAPERS.md Sec. 2.1 "
+        "by Monte Carlo (ReLU). Theory curves: d→∞ limits of our derivation (docs/papers.md §2.3) "
         "[D] (the paper's body was not available), verified against finite-d exact risks in "
         "tests/test_risks.py. Check (a) against theory applies at d >= 200 only (issue 7); at smaller d "
         "the deviation is reported as a metric. With short runs SGD stops above the optimum; NT near "
@@ -468,6 +543,40 @@ def run_mixture(cfg: MixtureConfig, ctx: RunContext) -> list[dict]:
     return [{**r, **extra} for r in recs]
 
 
+def _mixture_claims(q, d: int, s: int) -> list[Check]:
+    """The mixture claims on the final records ``q`` (quadratic activation), each per seed (the
+    excess test error over the Bayes error, max or min over the cells named):
+    NT and NN reach the Bayes error for N >= d and NN already for N >= s (excess <= 0.01, about
+    3 Monte Carlo s.e. of the quick preset's test set); NT does not for s <= N < d and RF stays far
+    for N <= 2d (excess > 0.01 / > 0.05)."""
+    from lazylab.lab.experiments._common import per_seed
+
+    q = q.assign(excess=q["test_error"] - q["bayes_error"])
+    src_p = SRC_P + " (zero risk for N >= d)"
+    src_d = "our derivation [D]: the class holds the Bayes rule iff ..., docs/papers.md §2.3"
+    spec = []
+    for reg in ("nt", "nn"):
+        spec.append((f"{reg.upper()} reaches the Bayes error for N >= d (max excess)",
+                     (q["regime"] == reg) & (q["N"] >= d), "max", 0.01, "<=", src_p))
+    if s < d:
+        spec.append((f"NN reaches the Bayes error already for N >= s = {s} (max excess)",
+                     (q["regime"] == "nn") & (q["N"] >= s), "max", 0.01, "<=",
+                     src_d.replace("...", "N >= s")))
+        spec.append(("NT does not for s <= N < d (min excess)",
+                     (q["regime"] == "nt") & (q["N"] >= s) & (q["N"] < d), "min", 0.01, ">",
+                     src_d.replace("...", "N >= d")))
+    spec.append(("RF stays far from the Bayes error for N <= 2d (min excess)",
+                 (q["regime"] == "rf") & (q["N"] <= 2 * d), "min", 0.05, ">",
+                 SRC_P + "; 'far' = 5 points of error (ours)"))
+    checks = []
+    for name, mask, agg, target, op, src in spec:
+        sub = q[mask]
+        if len(sub):
+            vals = per_seed(sub, lambda g, agg=agg: float(getattr(g["excess"], agg)()))
+            checks.append(check(name, None, target, op=op, seeds=vals, source=src))
+    return checks
+
+
 def report_mixture(df, base: MixtureConfig) -> Report:
     import matplotlib.pyplot as plt
 
@@ -480,29 +589,7 @@ def report_mixture(df, base: MixtureConfig) -> Report:
     metrics = {"bayes_error": bayes}
     for row in table.itertuples(index=False):
         metrics[f"test_error[{row.activation}/{row.regime}@rho={row.rho:g}]"] = float(row.test_error)
-    checks: list[Check] = []
-    q = table[table["activation"] == "quadratic"]
-    for reg in ("nt", "nn"):
-        t = q[(q["regime"] == reg) & (q["N"] >= d)]
-        if len(t):
-            v = float(t["excess"].max())
-            checks.append(Check(f"{reg.upper()} reaches the Bayes error for N >= d (max excess)", v,
-                                "<= 0.01", v <= 0.01, "abs"))
-    if s < d:
-        t = q[(q["regime"] == "nn") & (q["N"] >= s)]
-        if len(t):
-            v = float(t["excess"].max())
-            checks.append(Check(f"NN reaches the Bayes error already for N >= s = {s} (max excess)", v,
-                                "<= 0.01", v <= 0.01, "abs"))
-        t = q[(q["regime"] == "nt") & (q["N"] >= s) & (q["N"] < d)]
-        if len(t):
-            v = float(t["excess"].min())
-            checks.append(Check("NT does not for s <= N < d (min excess)", v, "> 0.01", v > 0.01, "abs"))
-    t = q[(q["regime"] == "rf") & (q["N"] <= 2 * d)]
-    if len(t):
-        v = float(t["excess"].min())
-        checks.append(Check("RF stays far from the Bayes error for N <= 2d (min excess)", v, "> 0.05",
-                            v > 0.05, "abs ('far' = 5 points of error)"))
+    checks = _mixture_claims(last[last["activation"] == "quadratic"], d, s)
 
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     for act, ls in (("quadratic", "-"), ("relu", "--")):
@@ -543,8 +630,9 @@ QUADRATIC = register(Experiment(
                 "(exact optimum, population SGD, d->inf theory); activation option (quadratic|relu)",
     config=QuadraticConfig,
     presets={
+        # seeds 1-3: the lr / NT multiplier were tuned by hand on seed 0 (out-of-sample check)
         "quick": Preset(set={"d": 100, "steps": 2000},
-                        sweep={"regime": list(REGIMES), "rho": _RHO_QUICK}),
+                        sweep={"regime": list(REGIMES), "rho": _RHO_QUICK, "seed": [1, 2, 3]}),
         "d200": Preset(set={"d": 200, "steps": 20000}, sweep={"regime": list(REGIMES), "rho": _RHO_QUICK}),
         "quick-relu": Preset(set={"d": 100, "steps": 2000, "activation": "relu"},
                              sweep={"regime": list(REGIMES), "rho": [0.25, 0.5, 1.0, 1.5]}),
@@ -570,7 +658,9 @@ MIXTURE = register(Experiment(
     presets={
         "quick": Preset(set={"d": 100, "s": 10, "steps": 20000, "nt_w_mult": 20.0,
                              "nn_second_layer": "fixed"},
-                        sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5], "seed": [0, 1]}),
+                        # seeds 2-4: NT multiplier, lr and steps tuned by hand on seeds 0, 1
+                        sweep={"regime": list(REGIMES), "rho": [0.1, 0.2, 0.5, 1.5],
+                               "seed": [2, 3, 4]}),
         "paper": Preset(set={"d": 450, "s": 45, "steps": 100000, "lr": 0.3, "nn_second_layer": "fixed"},
                         sweep={"regime": list(REGIMES),
                                "rho": [0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]}),

@@ -1,5 +1,5 @@
 """``loo-ntk-evolution``: Loo, Hasani, Amini & Rus (2022), "Evolution of Neural Tangent Kernels under
-Benign and Adversarial Training" (see /work/shared/PAPERS.md Sec 4).
+Benign and Adversarial Training" (see docs/papers.md §4).
 
 Phase 1: train a network with standard SGD (``phase1="standard"``) or with L-inf PGD adversarial
 training (``phase1="adversarial"``; Loo et al.'s schedule: per batch one clean SGD step, then one
@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, register
+from lazylab.lab.registry import Check, Experiment, Preset, Report, RunContext, check, register
+from lazylab.lab.rules import NONNEG, POSITIVE, Rule, cifar10_dir, one_of
 
 
 @dataclass
@@ -59,6 +61,15 @@ class LooConfig:
                                      # the measured Jacobian is points x outputs x parameters)
     n_train: int = 0                 # 0 = all
     n_test: int = 0                  # 0 = all
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": one_of("digits", "cifar10"), "data_dir": cifar10_dir(),
+        "model": one_of("mlp", "cnn", "resnet18"), "width": POSITIVE,
+        "phase1": one_of("standard", "adversarial"), "epochs1": NONNEG, "epochs2": NONNEG,
+        "lr1": POSITIVE, "lr2": POSITIVE, "momentum": Rule(ge=0, lt=1), "batch_size": POSITIVE,
+        "eps": NONNEG, "train_attack_steps": POSITIVE, "eval_attack_steps": POSITIVE,
+        "probe_per_class": POSITIVE, "n_snapshots": Rule(ge=2), "freeze_epochs": Rule(ge=0, each=True),
+        "kernel_check_points": NONNEG, "n_train": NONNEG, "n_test": NONNEG}
 
 
 def _data(cfg: LooConfig):
@@ -220,9 +231,14 @@ def _conv_epoch(sub, thr: float = 0.1) -> float:
     return float(e[0] if len(above) == 0 else e[min(above[-1] + 1, len(e) - 1)])
 
 
+SRC = "Loo et al. 2022 abstract [P], docs/papers.md §4"
+
+
 def report(df, base: LooConfig) -> Report:
     import matplotlib.pyplot as plt
     import pandas as pd
+
+    from lazylab.lab.experiments._common import per_seed
 
     ker = df[df["kind"] == "kernel"]
     p1 = df[df["kind"] == "phase1"]
@@ -253,19 +269,31 @@ def report(df, base: LooConfig) -> Report:
         move = float(p2["kernel_move"].max())
         metrics["max_phase2_kernel_move"] = move
         checks.append(Check("linearized phase-2 kernel does not move (max kernel distance start->end)",
-                            move, "< 1e-6", move < 1e-6, "Loo et al. Sec 2 (frozen kernel)"))
+                            move, "< 1e-6", move < 1e-6, "Loo et al. Sec 2 (frozen kernel)",
+                            kind="sanity", source="identity of lazylab.linearize"))
         t_last = float(table["t"].max())
         last = table[table["t"] == t_last].set_index("run")
         if {"AC", "CC"} <= set(last.index):
-            gap = float(last.loc["AC", "robust_acc"] - last.loc["CC", "robust_acc"])
-            metrics[f"AC_minus_CC_robust_acc@t={t_last:g}"] = gap
-            checks.append(Check(f"AC more robust than CC at eps={base.eps:g} (t={t_last:g})", gap,
-                                ">= 0.10", gap >= 0.10, "robust accuracy difference"))
+            p2l = p2[p2["t"] == t_last]
+
+            def gap_of(g):
+                r = g.groupby("run")["robust_acc"].mean()
+                return float(r.get("AC", np.nan) - r.get("CC", np.nan))
+
+            c = check(f"AC more robust than CC at eps={base.eps:g} (t={t_last:g})", None, 0.10,
+                      op=">=", seeds=per_seed(p2l, gap_of),
+                      source=SRC + "; 0.10 robust-accuracy points is ours")
+            metrics[f"AC_minus_CC_robust_acc@t={t_last:g}"] = c.value
+            checks.append(c)
     if {"standard", "adversarial"} <= set(conv):
-        checks.append(Check("kernel converges (distance to final < 0.1) in fewer epochs under "
-                            "adversarial training", conv["adversarial"],
-                            f"< {conv['standard']:g} (standard)",
-                            conv["adversarial"] < conv["standard"], "epochs"))
+        def faster(g):
+            e = {ph: _conv_epoch(s) for ph, s in g.groupby("phase1")}
+            return float(e.get("standard", np.nan) - e.get("adversarial", np.nan))
+
+        c = check("kernel converges (distance to final < 0.1) in fewer epochs under adversarial "
+                  "training (standard - adversarial epochs)", None, 0.0, op=">",
+                  seeds=per_seed(ker, faster), source=SRC + "; the 0.1 threshold is ours")
+        checks.append(c)
 
     figs = {}
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
@@ -304,7 +332,7 @@ def report(df, base: LooConfig) -> Report:
     notes = (
         "Loo et al. (2022) report, for ResNet-18 on CIFAR-10 (eps = 4/255, PGD-20 training, "
         "PGD-100 evaluation), 76.1% PGD robust accuracy for adversarial training on a fixed kernel "
-        "(AA); the other numbers of the paper were not available to us (PAPERS.md Sec 4.3). "
+        "(AA); the other numbers of the paper were not available to us (docs/papers.md §4). "
         "Kernel distance and velocity follow Fort et al. (2020) as the paper says it does; the "
         "alignment uses centered one-hot targets. The quick preset is a small CPU analogue "
         "(sklearn digits, 2-hidden-layer MLP), so only the qualitative claims are checked: the "
@@ -315,7 +343,7 @@ def report(df, base: LooConfig) -> Report:
         "convergence epoch (distance below 10% of that total). docs/attacks.md lists the setups "
         "measured to look for the convergence claim on digits (SmallCNN, lr 0.1-0.3, up to 100 "
         "epochs, eps 0.05): in none does the standard kernel converge later than the adversarial one "
-        "by this criterion, so the check is left failing."
+        "by this criterion: the claim is not reproduced at this scale."
     )
     return Report(metrics=metrics, checks=checks, figures=figs,
                   table=table if table is not None else pd.DataFrame(), notes=notes)
@@ -327,7 +355,7 @@ EXPERIMENT = register(Experiment(
                 "training of the centered linearized model on frozen kernels (CC/CA/AC/AA)",
     config=LooConfig,
     presets={
-        "quick": Preset(set={}, sweep={"phase1": ["standard", "adversarial"]}),
+        "quick": Preset(set={}, sweep={"phase1": ["standard", "adversarial"], "seed": [0, 1, 2]}),
         "paper": Preset(set={"dataset": "cifar10", "model": "resnet18", "width": 64, "batch_norm": True,
                              "eps": 4 / 255,
                              "epochs1": 100, "epochs2": 100, "lr1": 0.1, "lr2": 0.01,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lazylab import functional as fn
 from lazylab.ntk import jacobian
 from lazylab.ntk.problem import Problem
 from lazylab.ntk.structured import batchnorm, conv, embedding, hf_conv1d, layernorm, linear
@@ -132,7 +133,7 @@ def _record(problem: Problem, groups: list[Group], x: Tensor
     ins: list[list[Tensor]] = [[] for _ in groups]
     outs: list[list[Tensor]] = [[] for _ in groups]
     handles = []
-    n = x.shape[0]
+    n = fn.batch_size(x)
     for i, g in enumerate(groups):
         def hook(mod: nn.Module, inp: tuple, out: Tensor, i: int = i) -> Tensor:
             a = inp[0]
@@ -270,7 +271,8 @@ def explicit_cost(t: int, d_in: int, d_out: int, o: int, output: str, n: int) ->
 def _signature(problem: Problem, probe: Tensor) -> tuple:
     mods = tuple((n, type(m).__qualname__) for n, m in problem.module.named_modules())
     ps = tuple((n, tuple(p.shape)) for n, p in problem.params.items())
-    return (mods, ps, problem.dtype, str(problem.device), tuple(probe.shape[1:]), probe.dtype)
+    xs = tuple((tuple(t.shape[1:]), t.dtype) for t in fn.leaves(probe))
+    return (mods, ps, problem.dtype, str(problem.device), xs)
 
 
 def clear_plans() -> None:
@@ -341,7 +343,7 @@ class StructuredEngine:
         names = [n for g in groups for n in g.names]
         params = {k: v.detach().requires_grad_(k in names) for k, v in self.problem.params.items()}
         # distinct weights per example: a rule that mixes examples (batch not on axis 0) fails
-        c = torch.tensor([(i + 1) * (-1.5) ** i for i in range(probe.shape[0])],
+        c = torch.tensor([(i + 1) * (-1.5) ** i for i in range(fn.batch_size(probe))],
                          dtype=self.problem.dtype, device=self.problem.device)
         with torch.enable_grad():
             y = self.problem.f(params, probe)

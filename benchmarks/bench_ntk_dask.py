@@ -1,0 +1,67 @@
+"""NTK tiles on Dask: in-process vs a LocalCluster of 1 and of 2 workers, one run, same weights.
+
+The traced float32 NTK ``K(X, X)`` of MLP 784-512-512-1 on ``N`` random inputs (default
+``N = 10000``): ``lazylab.ntk(model, x)`` in this process (1 torch thread), then
+``lazylab.ntk(model, x, client=c)`` on a fresh ``LocalCluster`` of 1 and of 2 single-threaded
+workers (default tiles: ``N / 4`` per side, 10 tile tasks). Cluster start-up and the workers' first
+import of torch are excluded (a small warm-up call); scattering the model and inputs is included.
+Printed: seconds, speed-up over in-process, the 2-over-1-worker ratio, and the largest relative
+difference from the in-process kernel.
+
+Usage: ``python benchmarks/bench_ntk_dask.py [--n 10000] [--block B]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import lazylab  # noqa: E402
+from lazylab.ntk.distributed import local_cluster  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--block", type=int, default=None, help="tile side (default: N / 4)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model, x = lazylab.MLP([784, 512, 512, 1]), torch.randn(args.n, 784)
+
+    t = time.perf_counter()
+    ref = lazylab.ntk(model, x, progress=False)
+    rows = [("in-process (1 thread)", time.perf_counter() - t, 0.0)]
+    for w in args.workers:
+        c, cluster = local_cluster(w)
+        try:
+            lazylab.ntk(model, x[:64], client=c, progress=False)  # workers import torch, lazylab
+            t = time.perf_counter()
+            k = lazylab.ntk(model, x, client=c, block_size=args.block, progress=False)
+            sec = time.perf_counter() - t
+        finally:
+            c.close()
+            cluster.close()
+        err = float((k - ref).abs().max() / ref.abs().max())
+        rows.append((f"Dask LocalCluster, {w} worker{'s' if w > 1 else ''}", sec, err))
+        del k
+    base = rows[0][1]
+    print(f"\nTraced NTK of MLP 784-512-512-1, N={args.n} ({args.n}x{args.n} float32); "
+          f"loadavg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'run':<32}{'seconds':>10}{'vs in-process':>15}{'max rel diff':>14}")
+    for name, sec, err in rows:
+        print(f"{name:<32}{sec:>10.2f}{base / sec:>14.2f}x{err:>14.1e}")
+    by = {name: sec for name, sec, _ in rows}
+    one, two = by.get("Dask LocalCluster, 1 worker"), by.get("Dask LocalCluster, 2 workers")
+    if one and two:
+        print(f"2 workers over 1 worker: {one / two:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

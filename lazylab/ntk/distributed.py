@@ -1,0 +1,137 @@
+"""NTK tiles on a Dask cluster: ``ntk(model, x, client=...)``.
+
+The engine (model, parameters, method state) and the inputs are sent to the workers once
+(``client.scatter(..., broadcast=True)``: every worker holds a copy, so losing one worker loses no
+data). Each tile pair ``(i, j)`` is one task reading those scattered objects; tasks keep the tile
+features they prepare in a per-worker :class:`~lazylab.ntk.tile_jobs.FeatureCache` (at most 1 GiB
+per worker, dropped at the end) and run a per-worker copy of the engine, so a worker prepares a row
+or column tile at most once while it fits. The client gathers tiles as they finish
+(``as_completed``) and writes them into a tensor or an ``out=`` file, where finished tiles are
+recorded (resumable). A worker that dies mid-run costs only the tiles it was computing or holding:
+the scheduler reruns those tasks on the remaining or restarted workers (Dask's
+``distributed.scheduler.allowed-failures``, default 3, bounds the reruns of one task).
+
+``client``: a ``distributed.Client``; ``"dask://HOST:PORT"`` or ``"tcp://HOST:PORT"`` (an existing
+``dask scheduler``); or an int ``n`` for a fresh ``LocalCluster`` of ``n`` single-threaded worker
+processes, closed at the end. dask/distributed are imported only here, only when used.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from torch import Tensor
+
+from lazylab.ntk.tile_jobs import FeatureCache, TilePlan, compute_tile
+
+_STATE: dict[str, tuple[object, FeatureCache]] = {}  # per worker: token -> (engine copy, cache)
+_LOCK = threading.Lock()
+
+
+def _local(token: str, engine: object) -> tuple[object, FeatureCache]:
+    """This worker's private copy of the scattered engine, and its feature cache.
+
+    Tasks never run the scattered object itself: ``functional_call`` and the layer hooks modify
+    the module while a tile runs, and the worker may at that moment be serializing the scattered
+    object for another worker (e.g. one restarted after a crash).
+    """
+    import cloudpickle  # a deep copy that handles what Dask's serialization handles
+
+    with _LOCK:
+        if token not in _STATE:
+            _STATE[token] = (cloudpickle.loads(cloudpickle.dumps(engine)), FeatureCache())
+        return _STATE[token]
+
+
+def _drop(token: str) -> None:
+    with _LOCK:
+        _STATE.pop(token, None)
+
+
+def _tile_task(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan, i: int, j: int,
+               token: str) -> tuple[int, int, Tensor]:
+    """One tile on a worker: ``(i, j, K[rows[i], cols[j]])`` on CPU."""
+    mine, cache = _local(token, engine)
+    return i, j, compute_tile(mine, x1, x2, plan, i, j, cache).cpu()
+
+
+def local_cluster(workers: int) -> tuple[object, object]:
+    """``(Client, LocalCluster)`` of ``workers`` single-threaded processes, no dashboard.
+
+    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to workers, which makes every MB-sized
+    tensor a fresh mmap (2x slower torch code, measured in lazylab.lab.executors); it is dropped.
+    """
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"client: a LocalCluster needs a positive number of workers, got {workers!r}")
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def connect(client: object) -> tuple[object, list[object]]:
+    """``(Client, things to close afterwards)`` for the ``client`` argument of :func:`ntk`."""
+    from distributed import Client
+
+    if isinstance(client, Client):
+        return client, []
+    if isinstance(client, int) and not isinstance(client, bool):
+        c, cluster = local_cluster(client)
+        return c, [c, cluster]
+    if isinstance(client, str) and client.split("://", 1)[0] in ("dask", "tcp"):
+        hostport = client.split("://", 1)[1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"client: expected 'dask://HOST:PORT', got {client!r}")
+        try:
+            c = Client(f"tcp://{hostport}", timeout=30)
+        except Exception as e:  # OSError / TimeoutError ...
+            raise ConnectionError(f"client: no Dask scheduler at {client} ({type(e).__name__}: {e})"
+                                  ) from None
+        return c, [c]
+    raise TypeError("client must be a distributed.Client, 'dask://HOST:PORT' or an int number of "
+                    f"local workers, got {client!r}")
+
+
+def run_on_dask(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan,
+                todo: list[tuple[int, int]], sink: object, client: object, bar: object) -> None:
+    """Submit one task per tile pair in ``todo``; write each result into ``sink`` as it arrives."""
+    from distributed import as_completed
+
+    c, to_close = connect(client)
+    token = uuid.uuid4().hex
+    pending: dict[str, object] = {}
+    try:
+        e_f, x1_f = c.scatter([engine, x1], broadcast=True, hash=False)
+        x2_f = x1_f if plan.symmetric else c.scatter(x2, broadcast=True, hash=False)
+        for i, j in todo:
+            f = c.submit(_tile_task, e_f, x1_f, x2_f, plan, i, j, token, pure=False,
+                         key=f"lazylab-ntk-{token}-{i}-{j}")
+            pending[f.key] = f
+        done = as_completed(list(pending.values()))
+        for fut in done:
+            i, j, blk = fut.result()
+            sink.write(i, j, blk)
+            del pending[fut.key], fut, blk  # the tile is freed on the worker
+            if bar is not None:
+                bar.update(1)
+    finally:
+        for f in pending.values():
+            f.cancel()
+        try:
+            c.run(_drop, token)
+        except Exception:  # a worker gone at shutdown has no cache to drop
+            pass
+        for obj in to_close:
+            obj.close()
+
+
+__all__ = ["run_on_dask", "connect", "local_cluster"]

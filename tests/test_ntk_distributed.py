@@ -1,0 +1,141 @@
+"""ntk(..., client=...): tiles on a Dask LocalCluster, same numbers, a killed worker survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import lazylab
+from lazylab.ntk import tile_jobs
+
+distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this file
+
+
+@pytest.fixture(scope="module")
+def client():
+    from lazylab.ntk.distributed import local_cluster
+
+    c, cluster = local_cluster(2)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _mlp(out: int = 1) -> nn.Module:
+    torch.manual_seed(0)
+    return lazylab.MLP([6, 16, 16, out]).double()
+
+
+def _x(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_dask_equals_local_symmetric(client):
+    net, x = _mlp(), _x(50)
+    ref = lazylab.ntk(net, x)
+    k = lazylab.ntk(net, x, client=client, block_size=12)  # 5 row tiles, 15 tasks
+    assert (k - ref).abs().max() < 1e-12
+    assert torch.equal(k, k.T)
+
+
+def test_dask_equals_local_full_two_inputs_default_tiles(client):
+    net, x1, x2 = _mlp(out=3), _x(21), _x(17, seed=2)
+    ref = lazylab.ntk(net, x1, x2, output="full")
+    k = lazylab.ntk(net, x1, x2, output="full", client=client)  # default: 4 tiles per side
+    assert k.shape == (21, 17, 3, 3)
+    assert (k - ref).abs().max() < 1e-12
+
+
+def test_dask_into_file(client, tmp_path):
+    net, x = _mlp(), _x(30)
+    k = lazylab.ntk(net, x, client=client, out=tmp_path / "k.npy", block_size=7)
+    assert (k - lazylab.ntk(net, x)).abs().max() < 1e-12
+
+
+def test_model_and_inputs_are_scattered_once(client, monkeypatch):
+    """Tasks receive futures of the scattered engine/inputs: one scatter per call, not per tile."""
+    calls = []
+    real = distributed.Client.scatter
+
+    def counting(self, data, *a, **kw):
+        calls.append(len(data) if isinstance(data, list) else 1)
+        return real(self, data, *a, **kw)
+
+    monkeypatch.setattr(distributed.Client, "scatter", counting)
+    net, x = _mlp(), _x(40)
+    lazylab.ntk(net, x, client=client, block_size=5)  # 36 tasks
+    assert calls == [2]  # [engine, x1] once
+
+
+def test_bad_client():
+    net, x = _mlp(), _x(4)
+    with pytest.raises(TypeError, match="client must be"):
+        lazylab.ntk(net, x, client=object())
+    with pytest.raises(ValueError, match="dask://HOST:PORT"):
+        lazylab.ntk(net, x, client="dask://nohostport")
+    with pytest.raises(ValueError, match="positive number of workers"):
+        lazylab.ntk(net, x, client=0)
+
+
+def test_core_import_does_not_need_dask():
+    code = ("import sys, torch, lazylab\n"
+            "lazylab.ntk(lazylab.MLP([3, 4, 1]), torch.randn(5, 3), out=sys.argv[1])\n"
+            "assert 'distributed' not in sys.modules and 'dask' not in sys.modules, 'dask imported'\n")
+    with __import__("tempfile").TemporaryDirectory() as d:
+        subprocess.run([sys.executable, "-c", code, os.path.join(d, "k.npy")], check=True)
+
+
+class SlowNet(nn.Module):
+    """An MLP whose forward sleeps, so tiles take long enough to kill a worker mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return self.net(x)
+
+
+def test_killed_worker_costs_only_its_tiles(client, monkeypatch):
+    net, x = SlowNet(), _x(32)
+    ref = lazylab.ntk(net.net, x)
+    first = threading.Event()
+    real_write = tile_jobs.MemorySink.write
+
+    def write(self, *a):
+        real_write(self, *a)
+        first.set()
+
+    monkeypatch.setattr(tile_jobs.MemorySink, "write", write)
+    result = {}
+
+    def run():
+        result["k"] = lazylab.ntk(net, x, client=client, block_size=4, method="ntvp")  # 36 tasks
+
+    with distributed.get_task_stream(client) as ts:
+        th = threading.Thread(target=run)
+        th.start()
+        assert first.wait(120)
+        busy = [w for w, keys in client.processing().items() if keys]
+        victim = busy[0]
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        th.join(300)
+    assert not th.is_alive()
+    assert victim not in client.scheduler_info()["workers"]  # that worker really died
+    assert (result["k"] - ref).abs().max() < 1e-12
+    runs = [t for t in ts.data if str(t["key"]).startswith("lazylab-ntk-")]
+    # only tiles in flight on, or finished but not yet gathered from, the dead worker are rerun
+    print(f"tile tasks run for 36 tiles with one worker killed: {len(runs)}")
+    assert 36 <= len(runs) <= 36 + 6

@@ -236,17 +236,7 @@ def ntk(
         TypeError/ValueError: bad ``method``/``output``/``block_size``/``params``, empty or
         non-finite inputs, inputs the model rejects (the message names ``x1``/``x2`` and the shape).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int):
-            raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
-        if block_size <= 0:
-            raise ValueError(f"block_size must be a positive int, got {block_size}")
-    if accumulate_dtype is not None and not accumulate_dtype.is_floating_point:
-        raise TypeError(f"accumulate_dtype must be a floating dtype, got {accumulate_dtype}")
+    _check_options(method, output, block_size, accumulate_dtype)
     symmetric = x2 is None or x2 is x1
     x1 = _check_x(x1, "x1")
     if not symmetric:
@@ -284,6 +274,21 @@ def ntk(
                              problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
+
+
+def _check_options(method: str, output: str, block_size: int | None,
+                   accumulate_dtype: torch.dtype | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int):
+            raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
+        if block_size <= 0:
+            raise ValueError(f"block_size must be a positive int, got {block_size}")
+    if accumulate_dtype is not None and not accumulate_dtype.is_floating_point:
+        raise TypeError(f"accumulate_dtype must be a floating dtype, got {accumulate_dtype}")
 
 
 def _outputs(problem: Problem, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool) -> int:

@@ -290,22 +290,3 @@ def test_rules_are_verified_once_per_structure(monkeypatch):
     ntk(BagOfTokens().double(), x, method="structured")  # another instance: verified on its own
     assert len(calls) == 3
     assert len(st_engine._PLANS) >= 1
-
-
-def test_lower_triangle_contraction_of_a_one_tile_symmetric_kernel(monkeypatch):
-    """N >= 64 with a costly contraction: 8x8 blocks, lower triangle only; same kernel."""
-    from lazylab.ntk import api
-
-    monkeypatch.setattr(api, "SPLIT_WORK", 0.0)
-    calls = []
-    orig = api._lower_triangle
-    monkeypatch.setattr(api, "_lower_triangle", lambda *a: calls.append(1) or orig(*a))
-    torch.manual_seed(12)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
-    x = torch.randn(70, 3, dtype=F64)
-    for method in ("structured", "jacobian"):
-        for output in ("trace", "full"):
-            k = ntk(model, x, method=method, output=output)
-            assert _rel(k, naive_ntk(model, x, x, output)) < 1e-10
-            assert torch.equal(k, api._transpose(k, output))  # exactly symmetric
-    assert len(calls) == 4

@@ -66,7 +66,20 @@ def _batch_coupled(problem: Problem) -> list[str]:
 
 def _costs(problem: Problem, st: StructuredEngine, n1: int, n2: int, o: int, output: str,
            symmetric: bool) -> dict[str, float]:
-    """The ``auto`` cost model, multiply-adds per method (see :func:`ntk`)."""
+    """The ``auto`` cost model, multiply-adds per method.
+
+    Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
+    ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
+    when symmetric)): jacobian ``2 N F (1 + 2 O) + N O P + E O P`` (2 = measured overhead of the
+    per-example ``vmap(jacrev)`` passes over one batched backward); ntvp ``2 N2 O (N1 + N2) F``;
+    structured ``1.25 [N (F + O F + B) + E C]`` with ``C`` the per-entry layer-rule cost
+    (``T^2 (d_in + O d_out)`` for a Gram rule, ``O d_in d_out`` for a layer contracted through
+    explicit per-example gradients, e.g. a convolution), ``B`` the cost of building those
+    gradients (``O T d_in d_out``), plus the full Jacobian passes if any parameter is not covered
+    by a rule; 1.25 is the measured overhead of hooks and unfolding. The cheaper of jacobian and
+    structured wins; ``ntvp`` is taken only when one example's Jacobian ``P O`` does not fit the
+    1 GiB budget (it needs forward-mode AD, which fused attention kernels lack).
+    """
     p = problem.n_params
     fwd = _forward_flops(st, problem)
     nf = n1 if symmetric else n1 + n2
@@ -208,17 +221,8 @@ def ntk(
     :mod:`lazylab.functional`. Recurrent layers are handled exactly (per-example loop instead of
     ``vmap``); forward-mode products fall back to the double-VJP identity where torch has none.
 
-    Cost model of ``"auto"`` (multiply-adds; ``F`` = forward cost per example, ``P`` = parameters,
-    ``O`` outputs, ``N = N1 + N2`` examples (``N1`` when symmetric), ``E = N1 N2`` entries (halved
-    when symmetric)): jacobian ``2 N F (1 + 2 O) + N O P + E O P`` (2 = measured overhead of the
-    per-example ``vmap(jacrev)`` passes over one batched backward); ntvp ``2 N2 O (N1 + N2) F``;
-    structured ``1.25 [N (F + O F + B) + E C]`` with ``C`` the per-entry layer-rule cost
-    (``T^2 (d_in + O d_out)`` for a Gram rule, ``O d_in d_out`` for a layer contracted through
-    explicit per-example gradients, e.g. a convolution), ``B`` the cost of building those
-    gradients (``O T d_in d_out``), plus the full Jacobian passes if any parameter is not covered
-    by a rule; 1.25 is the measured overhead of hooks and unfolding. The cheaper of jacobian and
-    structured wins; ``ntvp`` is taken only when one example's Jacobian ``P O`` does not fit the
-    1 GiB budget (it needs forward-mode AD, which fused attention kernels lack).
+    ``"auto"`` takes the cheaper of jacobian and structured by a cost model (see ``_costs``);
+    ``ntvp`` only when one example's Jacobian does not fit the 1 GiB budget.
 
     Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
     off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
@@ -232,17 +236,7 @@ def ntk(
         TypeError/ValueError: bad ``method``/``output``/``block_size``/``params``, empty or
         non-finite inputs, inputs the model rejects (the message names ``x1``/``x2`` and the shape).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int):
-            raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
-        if block_size <= 0:
-            raise ValueError(f"block_size must be a positive int, got {block_size}")
-    if accumulate_dtype is not None and not accumulate_dtype.is_floating_point:
-        raise TypeError(f"accumulate_dtype must be a floating dtype, got {accumulate_dtype}")
+    _check_options(method, output, block_size, accumulate_dtype)
     symmetric = x2 is None or x2 is x1
     x1 = _check_x(x1, "x1")
     if not symmetric:
@@ -256,11 +250,7 @@ def ntk(
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
     with problem.eval_mode(), _Threads(problem.device) as threads:
-        o = _probe(problem, x1, "x1")
-        if not symmetric:
-            o2 = _probe(problem, x2, "x2")
-            if o2 != o:
-                raise ValueError(f"the model gives {o} outputs on x1 but {o2} on x2")
+        o = _outputs(problem, x1, x2, symmetric)
         n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
         st = None
         if method in ("auto", "structured"):
@@ -270,24 +260,63 @@ def ntk(
             method = _choose(problem, st, n1, n2, o, output, symmetric)
         if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
             threads.release()
-        b = block_size or _default_block(method, problem, st, o, max(n1, n2))
-        split = 8 if symmetric and b >= n1 >= 64 and _contraction(
-            method, problem, st, n1, o, output) > SPLIT_WORK else 1
+        b = block_size or _tile_size(method, problem, st, n1, n2, o, output, symmetric)
         if block_size is None and (out is not None or client is not None):
             from lazylab.ntk.tile_jobs import tile_cap
             b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
         if method == "structured":
             st.set_tile(b)
-        engine = {"jacobian": lambda: JacobianEngine(problem, output, accumulate_dtype),
-                  "ntvp": lambda: NTVPEngine(problem, output, accumulate_dtype,
-                                             chunk_size=_ntvp_chunk(problem)),
-                  "structured": lambda: st}[method]()
+        engine = st if method == "structured" else _engine(method, problem, output,
+                                                            accumulate_dtype)
         if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
             from lazylab.ntk.tile_jobs import run_tiles
             return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
                              problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
-                      accumulate_dtype or problem.dtype, problem.device, progress, split)
+                      accumulate_dtype or problem.dtype, problem.device, progress)
+
+
+def _check_options(method: str, output: str, block_size: int | None,
+                   accumulate_dtype: torch.dtype | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int):
+            raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
+        if block_size <= 0:
+            raise ValueError(f"block_size must be a positive int, got {block_size}")
+    if accumulate_dtype is not None and not accumulate_dtype.is_floating_point:
+        raise TypeError(f"accumulate_dtype must be a floating dtype, got {accumulate_dtype}")
+
+
+def _outputs(problem: Problem, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool) -> int:
+    """Output dim ``O`` (probing ``x1`` and, if given, ``x2``, which must agree)."""
+    o = _probe(problem, x1, "x1")
+    if not symmetric:
+        o2 = _probe(problem, x2, "x2")
+        if o2 != o:
+            raise ValueError(f"the model gives {o} outputs on x1 but {o2} on x2")
+    return o
+
+
+def _tile_size(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n2: int,
+               o: int, output: str, symmetric: bool) -> int:
+    """Default tile: as large as fits the memory budget; a symmetric one-tile kernel whose
+    contraction costs more than ``SPLIT_WORK`` in 4 row tiles (only the lower triangle: 10/16 of
+    the contraction, the features of each tile built once and cached)."""
+    b = _default_block(method, problem, st, o, max(n1, n2))
+    if symmetric and b >= n1 >= 32 and _contraction(method, problem, st, n1, o,
+                                                    output) > SPLIT_WORK:
+        b = -(-n1 // 4)
+    return b
+
+
+def _engine(method: str, problem: Problem, output: str, acc: torch.dtype | None) -> object:
+    if method == "jacobian":
+        return JacobianEngine(problem, output, acc)
+    return NTVPEngine(problem, output, acc, chunk_size=_ntvp_chunk(problem))
 
 
 def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n2: int, o: int,
@@ -301,7 +330,7 @@ def _work(method: str, problem: Problem, st: StructuredEngine | None, n1: int, n
     return nf * (1 + 3 * o) * p + n1 * n2 * o * (o if output == "full" else 1) * p
 
 
-SPLIT_WORK = 1e9  # a one-tile symmetric kernel whose contraction costs more: lower triangle only
+SPLIT_WORK = 1e9  # a symmetric kernel whose contraction costs more is computed in 4x4 tiles
 
 
 def _contraction(method: str, problem: Problem, st: StructuredEngine | None, n: int, o: int,
@@ -341,40 +370,14 @@ def _symmetrize(blk: Tensor, output: str) -> Tensor:
     return (blk + _transpose(blk, output)) / 2
 
 
-def _slice(state: object, r: slice) -> object:
-    """Rows ``r`` of a tile's features (tensors with the examples on axis 0, nested in lists)."""
-    if isinstance(state, Tensor):
-        return state[r]
-    return type(state)(_slice(t, r) for t in state)
-
-
-def _lower_triangle(engine: object, s: object, n: int, split: int, tail: tuple, output: str,
-                    dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``K(X, X)`` from one set of features, contracting only the ``split (split + 1) / 2`` blocks
-    on and below the diagonal (``(split + 1) / (2 split)`` of the full contraction)."""
-    out = torch.empty((n, n, *tail), dtype=dtype, device=device)
-    rows = _tiles(n, -(-n // split))
-    for i, r in enumerate(rows):
-        si = _slice(s, r)
-        for c in rows[: i + 1]:
-            blk = engine.block(si, _slice(s, c)).to(dtype)
-            out[r, c] = _symmetrize(blk, output) if c == r else blk
-            if c != r:
-                out[c, r] = _transpose(blk, output)
-    return out
-
-
 def _tiled(engine: object, x1: fn.Inputs, x2: fn.Inputs, symmetric: bool, b: int, o: int,
-           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None,
-           split: int = 1) -> Tensor:
+           output: str, dtype: torch.dtype, device: torch.device, progress: bool | None) -> Tensor:
     n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
     tail = {"trace": (), "full": (o, o), "diagonal": (o,)}[output]
     rows, cols = _tiles(n1, b), _tiles(n2, b)
     pairs = [(i, j) for i in range(len(rows)) for j in range(len(cols)) if not symmetric or j <= i]
     if len(pairs) == 1:
         s = engine.prepare(x1)
-        if symmetric and split > 1:
-            return _lower_triangle(engine, s, n1, split, tail, output, dtype, device)
         blk = engine.block(s, s if symmetric else engine.prepare(x2)).to(dtype)
         return _symmetrize(blk, output) if symmetric else blk
     out = torch.empty((n1, n2, *tail), dtype=dtype, device=device)

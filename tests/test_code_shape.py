@@ -14,7 +14,6 @@ LIMIT = 80
 ROOT = Path(__file__).resolve().parents[1] / "lazylab"
 STILL_LONG = {
     "lazylab/metrics.py laziness_kappa": 137,
-    "lazylab/ntk/api.py ntk": 116,
     "lazylab/lab/experiments/ghorbani.py report_quadratic": 113,
     "lazylab/lab/experiments/loo_ntk_evolution.py report": 99,
     "lazylab/lab/runner.py run_experiment": 92,

@@ -1,4 +1,18 @@
-"""``ntk()``: argument checks, method choice (cost model), tiling with symmetry, progress."""
+"""``ntk()``: argument checks, method choice (cost model), tiling with symmetry, progress.
+
+Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
+batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
+:mod:`lazylab.functional`. Recurrent layers are handled exactly (per-example loop instead of
+``vmap``); forward-mode products fall back to the double-VJP identity where torch has none.
+
+``"auto"`` takes the cheaper of jacobian and structured by a cost model (see ``_costs``);
+``ntvp`` only when one example's Jacobian does not fit the 1 GiB budget.
+
+Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
+off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
+couples the examples of a batch and is refused. Weight sharing is exact: a module called
+several times contributes all cross terms (``functional_call`` ties shared parameters).
+"""
 
 from __future__ import annotations
 
@@ -199,10 +213,8 @@ def ntk(
             ``(N1, N2, O, O)``, ``"diagonal"`` -> ``(N1, N2, O)``.
         params: parameter names, or a predicate ``(name, param) -> bool``; e.g. the last layer only
             gives the random-features kernel.
-        block_size: tile size; ``x1 x x2`` is computed in ``block_size x block_size`` tiles
-            (default: as large as fits about 1 GiB of per-tile features). Peak memory is the
-            output plus the features of two tiles plus a cache of column-tile features (at most
-            1 GiB; tiles beyond it are recomputed).
+        block_size: tile size (default: as large as fits about 1 GiB of per-tile features).
+            Peak memory: the output, two tiles' features and a cache of column tiles (<= 1 GiB).
         dtype, device: compute dtype / device (default: the model's). The model is not modified.
         accumulate_dtype: e.g. ``torch.float64``: every contraction (sum over parameters) and the
             returned kernel use this dtype while the network runs in ``dtype`` (``"ntvp"`` has no
@@ -216,25 +228,12 @@ def ntk(
         client: run the tiles on Dask: a ``distributed.Client``, ``"dask://HOST:PORT"``, or an
             int ``n`` for a ``LocalCluster`` of ``n`` workers (:mod:`lazylab.ntk.distributed`).
 
-    Inputs: ``x1``/``x2`` are tensors of any dtype (token ids stay integers) or tuples/dicts of
-    batched tensors (the model is called as ``model(*x)`` / ``model(**x)``), see
-    :mod:`lazylab.functional`. Recurrent layers are handled exactly (per-example loop instead of
-    ``vmap``); forward-mode products fall back to the double-VJP identity where torch has none.
+    Inputs (any dtype, tuples/dicts), the choice of ``"auto"`` and the eval-mode / BatchNorm /
+    weight-sharing policies: see the module docstring (:mod:`lazylab.ntk.api`).
 
-    ``"auto"`` takes the cheaper of jacobian and structured by a cost model (see ``_costs``);
-    ``ntvp`` only when one example's Jacobian does not fit the 1 GiB budget.
-
-    Policies: the model is evaluated in eval mode (BatchNorm uses running statistics, dropout is
-    off; training flags are restored afterwards). BatchNorm with ``track_running_stats=False``
-    couples the examples of a batch and is refused. Weight sharing is exact: a module called
-    several times contributes all cross terms (``functional_call`` ties shared parameters).
-
-    Returns:
-        Tensor on ``device`` in ``accumulate_dtype`` if given, else ``dtype``.
-
-    Raises:
-        TypeError/ValueError: bad ``method``/``output``/``block_size``/``params``, empty or
-        non-finite inputs, inputs the model rejects (the message names ``x1``/``x2`` and the shape).
+    Returns: a tensor on ``device`` in ``accumulate_dtype`` if given, else ``dtype``.
+    Raises TypeError/ValueError for a bad ``method``/``output``/``block_size``/``params``, empty or
+    non-finite inputs or weights, inputs the model rejects (naming ``x1``/``x2`` and the shape).
     """
     _check_options(method, output, block_size, accumulate_dtype)
     symmetric = x2 is None or x2 is x1
@@ -242,38 +241,55 @@ def ntk(
     if not symmetric:
         x2 = _check_x(x2, "x2")
 
-    problem = build_problem(model, params, dtype, device, output_fn=output_fn)
-    check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")  # NaN weights: error
-    if method == "ntvp" and _batch_coupled(problem):
-        raise ValueError(f"method='ntvp' needs per-example gradients, but {_batch_coupled(problem)}"
-                         " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
+    problem = _checked_problem(model, params, dtype, device, output_fn, method)
     x1 = problem.prep_input(x1)
     x2 = x1 if symmetric else problem.prep_input(x2)
     with problem.eval_mode(), _Threads(problem.device) as threads:
         o = _outputs(problem, x1, x2, symmetric)
-        n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
-        st = None
-        if method in ("auto", "structured"):
-            st = StructuredEngine(problem, output, accumulate_dtype, fn.take(x1, slice(0, 2)),
-                                  block_size or n1)
-        if method == "auto":
-            method = _choose(problem, st, n1, n2, o, output, symmetric)
-        if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
-            threads.release()
-        b = block_size or _tile_size(method, problem, st, n1, n2, o, output, symmetric)
-        if block_size is None and (out is not None or client is not None):
-            from lazylab.ntk.tile_jobs import tile_cap
-            b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
-        if method == "structured":
-            st.set_tile(b)
-        engine = st if method == "structured" else _engine(method, problem, output,
-                                                            accumulate_dtype)
+        engine, b = _plan(problem, method, output, x1, x2, o, symmetric, block_size,
+                          accumulate_dtype, threads, out is not None or client is not None, client)
         if out is not None or client is not None:  # on disk and/or on Dask (lazylab.ntk.tile_jobs)
             from lazylab.ntk.tile_jobs import run_tiles
             return run_tiles(engine, x1, x2, symmetric, b, o, output, accumulate_dtype or problem.dtype,
                              problem.device, progress, out=out, client=client)
         return _tiled(engine, x1, x2, symmetric, b, o, output,
                       accumulate_dtype or problem.dtype, problem.device, progress)
+
+
+def _checked_problem(model: nn.Module, params: object, dtype: torch.dtype | None,
+                     device: torch.device | str | None, output_fn: fn.OutputFn,
+                     method: str) -> Problem:
+    """The functional problem; refuses NaN/inf weights and ``ntvp`` on batch-coupled layers."""
+    problem = build_problem(model, params, dtype, device, output_fn=output_fn)
+    check_finite_tensors({**problem.frozen, **problem.params}.items(), "ntk")
+    if method == "ntvp" and _batch_coupled(problem):
+        raise ValueError(f"method='ntvp' needs per-example gradients, but {_batch_coupled(problem)}"
+                         " use scale_grad_by_freq (batch-dependent); use method='jacobian'")
+    return problem
+
+
+def _plan(problem: Problem, method: str, output: str, x1: fn.Inputs, x2: fn.Inputs, o: int,
+          symmetric: bool, block_size: int | None, accumulate_dtype: torch.dtype | None,
+          threads: _Threads, tiled_jobs: bool, client: object | None) -> tuple[object, int]:
+    """The engine of ``method`` (``"auto"`` resolved by the cost model) and the tile size ``b``;
+    releases the single-thread section when the work is large (``SMALL_WORK``)."""
+    n1, n2 = fn.batch_size(x1), fn.batch_size(x2)
+    st = None
+    if method in ("auto", "structured"):
+        st = StructuredEngine(problem, output, accumulate_dtype, fn.take(x1, slice(0, 2)),
+                              block_size or n1)
+    if method == "auto":
+        method = _choose(problem, st, n1, n2, o, output, symmetric)
+    if _work(method, problem, st, n1, n2, o, output, symmetric) >= SMALL_WORK:
+        threads.release()
+    b = block_size or _tile_size(method, problem, st, n1, n2, o, output, symmetric)
+    if block_size is None and tiled_jobs:
+        from lazylab.ntk.tile_jobs import tile_cap
+        b = min(b, tile_cap(max(n1, n2), o, output, accumulate_dtype or problem.dtype, client))
+    if method == "structured":
+        st.set_tile(b)
+        return st, b
+    return _engine(method, problem, output, accumulate_dtype), b
 
 
 def _check_options(method: str, output: str, block_size: int | None,

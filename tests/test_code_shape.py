@@ -13,11 +13,9 @@ from pathlib import Path
 LIMIT = 80
 ROOT = Path(__file__).resolve().parents[1] / "lazylab"
 STILL_LONG = {
-    "lazylab/metrics.py laziness_kappa": 137,
     "lazylab/ntk/api.py ntk": 116,
     "lazylab/lab/experiments/ghorbani.py report_quadratic": 113,
     "lazylab/lab/experiments/loo_ntk_evolution.py report": 99,
-    "lazylab/lab/runner.py run_experiment": 92,
     "lazylab/lab/experiments/chizat_scale.py report": 89,
     "lazylab/lab/experiments/chizat_cnn.py report": 85,
 }

@@ -177,8 +177,8 @@ def diagnose(
     and, for ReLU networks, the stability of activations; kappa (Chizat et al. eq. 1) at init on the
     probe points. ``transitions=True`` adds :mod:`lazylab.transitions` detectors on the probe
     (``departure_step``, ``eta_lambda0``, ``catapult`` in ``numbers``). The verdict follows
-    :func:`verdict_from` with ``thresholds`` (default
-    :data:`THRESHOLDS`). The caller's ``model`` is not modified.
+    :func:`verdict_from` with ``thresholds`` (default :data:`THRESHOLDS`). The caller's ``model``
+    is not modified.
 
     Extensible: ``trackers`` (extra :mod:`lazylab.track`-style trackers, e.g. transition detectors)
     run with the built-in ones; the final values of their keys named in ``extra_keys`` join
@@ -187,15 +187,7 @@ def diagnose(
     Cost: the training run, about twice again for the twin, plus ``n_snapshots`` NTKs of
     ``n_probe`` points and kappa's Lanczos iterations (about 100 forward-backward passes on the probe).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    X, y = _check_data(data, "data")
-    if test_data is not None:
-        _check_data(test_data, "test_data")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(n_probe, int) or n_probe < 2:
-        raise ValueError(f"n_probe must be an integer >= 2, got {n_probe!r}")
+    X, y = _check_diagnose_args(model, data, test_data, steps, n_probe)
     thr = {**THRESHOLDS, **_check_thresholds(thresholds or {})}
     net = copy.deepcopy(model)
     if device is not None:
@@ -212,29 +204,61 @@ def diagnose(
     inner = run_model.model if isinstance(run_model, Lazy) else run_model
     if _has_relu(inner):
         tracked.append(_ActivationStability(px))
-    detectors: list[Any] = []
-    if transitions:  # detectors of lazylab.transitions (departure from the kernel regime, catapult)
-        from lazylab.transitions import Catapult, DepartureTime
-        every = max(steps // n_snapshots, 1)
-        detectors = [DepartureTime(px, every=every), Catapult(px, every=every)]
-        tracked += detectors
+    detectors = _transition_detectors(px, steps, n_snapshots) if transitions else []
+    tracked += detectors
     torch.manual_seed(seed)
     hist = train(run_model, (X, y), test_data=test_data, loss=loss, optimizer=optimizer, lr=lr,
                  steps=steps, batch_size=batch_size, trackers=tracked, seed=seed, device=device,
                  progress=progress, **train_kwargs)
     numbers.update(_final_numbers(hist, kt, extra_keys))
     if detectors:
-        numbers["departure_step"] = float(detectors[0].result()["departure_step"])
-        numbers.update({k: float(detectors[1].result()[k]) for k in ("eta_lambda0", "catapult")})
+        numbers.update(_transition_numbers(detectors))
     verdict, reasons = verdict_from(numbers["kernel_rel_change"], numbers.get("lin_gap_rel", math.nan), thr)
-    config = {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-              "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,
-              "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size or "full",
-              "train points": fn.batch_size(X),
-              "test points": fn.batch_size(test_data[0]) if test_data else 0,
-              "probe points": fn.batch_size(px), "seed": seed}
+    config = _run_config(model, alpha, loss, optimizer, lr, steps, batch_size, X, test_data, px, seed)
     spectra = {"init": kt.spectra[min(kt.spectra)], "final": kt.spectra[max(kt.spectra)]}
     return DiagnosisReport(verdict, reasons, numbers, hist.to_frame(), kt.to_frame(), spectra, config, thr)
+
+
+def _run_config(model: nn.Module, alpha: float | None, loss: str, optimizer: str, lr: float,
+                steps: int, batch_size: int | None, X: fn.Inputs, test_data: Any, px: fn.Inputs,
+                seed: int) -> dict[str, Any]:
+    """The settings of a :func:`diagnose` run, as its report shows them (``DiagnosisReport.config``)."""
+    return {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+            "alpha": alpha if alpha is not None else "none (model as given)", "loss": loss,
+            "optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": batch_size or "full",
+            "train points": fn.batch_size(X),
+            "test points": fn.batch_size(test_data[0]) if test_data else 0,
+            "probe points": fn.batch_size(px), "seed": seed}
+
+
+def _check_diagnose_args(model: Any, data: Any, test_data: Any, steps: Any, n_probe: Any
+                         ) -> tuple[fn.Inputs, Tensor]:
+    """Refuse bad arguments of :func:`diagnose` (naming the argument); return ``data``'s ``(X, y)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    X, y = _check_data(data, "data")
+    if test_data is not None:
+        _check_data(test_data, "test_data")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(n_probe, int) or n_probe < 2:
+        raise ValueError(f"n_probe must be an integer >= 2, got {n_probe!r}")
+    return X, y
+
+
+def _transition_detectors(px: fn.Inputs, steps: int, n_snapshots: int) -> list[Any]:
+    """The :mod:`lazylab.transitions` detectors on the probe (departure from the kernel regime,
+    catapult), each evaluated every ``max(steps // n_snapshots, 1)`` steps."""
+    from lazylab.transitions import Catapult, DepartureTime
+    every = max(steps // n_snapshots, 1)
+    return [DepartureTime(px, every=every), Catapult(px, every=every)]
+
+
+def _transition_numbers(detectors: list[Any]) -> dict[str, float]:
+    """``departure_step``, ``eta_lambda0`` and ``catapult`` from :func:`_transition_detectors`' pair."""
+    numbers = {"departure_step": float(detectors[0].result()["departure_step"])}
+    numbers.update({k: float(detectors[1].result()[k]) for k in ("eta_lambda0", "catapult")})
+    return numbers
 
 
 def _probe_points(src: tuple[Any, Tensor], n_probe: int, seed: int, dev: torch.device

@@ -341,30 +341,56 @@ def laziness_kappa(
 
     ``h(w0)`` is the vector of all outputs on ``x`` (length ``N O``), ``||.||`` the Euclidean norm
     (kappa is invariant to rescaling that norm, e.g. by ``1/sqrt(N)``). Lazy when ``kappa << 1``.
-
-    Operator norms, without forming the Jacobian ``J`` (``N O x P``) or any Hessian:
-
     Any model of :mod:`lazylab.functional` (token or tuple/dict inputs, ``"logits"`` outputs);
     forward-mode products fall back to the exact double-VJP identity where torch has none.
 
-    - ``||Dh|| = sigma_max(J)``: ``n_iter`` Lanczos steps on ``J^T J`` (one ``jvp`` + one ``vjp`` each).
+    Operator norms, without forming the Jacobian ``J`` (``N O x P``) or any Hessian:
+
+    - ``||Dh|| = sigma_max(J)``: ``n_iter`` Lanczos steps on ``J^T J`` (:func:`_jacobian_norm2`).
     - ``||D^2 h|| = sup_{|u|=|v|=1} ||D^2 h(w0)[u, v]||``, the operator norm of the symmetric
-      bilinear map. For a symmetric map this equals ``sup_{|u|=1, |c|=1} |c^T D^2 h[u, u]|``
-      (Banach), i.e. the largest spectral norm of the Hessians ``H_c`` of ``c^T h``. We maximise it
-      by alternation (``n_outer`` rounds): for fixed ``c``, the top ``|eigenpair|`` ``(lambda, u)`` of
-      ``H_c`` by ``n_iter`` Lanczos steps on Hessian-vector products (forward-over-reverse); then
-      ``c <- D^2 h[u, u] / ||D^2 h[u, u]||`` (a jvp of a jvp), which can only increase
-      ``|lambda|``. Starts: ``c`` along the residual ``h(w0) - y*``, then ``n_restarts - 1`` random
-      ones (seeded by ``seed``). The estimate, ``max ||D^2 h[u, u]||`` over the iterates, is a
-      **lower bound** that converges to a local maximum (the exact norm for one output). Lanczos,
-      unlike plain power iteration, converges fast on the clustered Hessian spectra of wide ReLU nets.
+      bilinear map, maximised by alternation (``n_outer`` rounds, ``n_restarts`` starts, relative
+      tolerance ``tol``; :func:`_hessian_norm`): a **lower bound** that converges to a local
+      maximum (the exact norm for one output).
 
     ``y``: same shape as the output, or integer labels (one-hot encoded) for (N, C) outputs.
-    ``dtype``: run on a float64 (say) copy of the model. ``return_parts``: also return
-    ``residual`` ``= ||h(w0) - y*||``, ``dh_norm``, ``d2h_norm``.
+    ``dtype``: run on a float64 (say) copy of the model. ``seed``: the random starts.
+    ``return_parts``: also return ``residual`` ``= ||h(w0) - y*||``, ``dh_norm``, ``d2h_norm``.
     Cost: ``n_iter`` (1 + ``n_restarts n_outer``) Jacobian/Hessian-vector products (each a few
     forward+backward passes on ``x``); memory ``n_iter`` parameter-sized vectors.
     """
+    x, n_x = _check_kappa_args(model, x, y, n_iter, n_outer, n_restarts)
+    if dtype is not None:
+        model = copy.deepcopy(model).to(dtype)
+    p0 = next(model.parameters())
+    dev, dt = p0.device, (dtype or p0.dtype)
+    x = fn.cast_inputs(x, dev, dt)
+    was_training = model.training
+    model.eval()
+    hf = _FlatOutputs(model, x)
+    try:
+        with torch.no_grad():
+            out0 = hf.h(hf.named)
+        res_vec = out0 - _kappa_targets(y, out0, n_x, dev)
+        residual = float(torch.linalg.vector_norm(res_vec.to(torch.float64)))
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+        def randn(n: int) -> Tensor:
+            return torch.randn(n, generator=gen, dtype=torch.float64).to(dev, out0.dtype)
+
+        sigma2 = _jacobian_norm2(hf, randn, n_iter)
+        d2h_norm = _hessian_norm(hf, res_vec, residual, randn, n_iter, n_outer, n_restarts, tol)
+    finally:
+        model.train(was_training)
+    kappa = residual * d2h_norm / sigma2 if sigma2 > 0 else math.inf
+    if return_parts:
+        return {"kappa": kappa, "residual": residual, "dh_norm": math.sqrt(sigma2), "d2h_norm": d2h_norm}
+    return kappa
+
+
+def _check_kappa_args(model: Any, x: Any, y: Any, n_iter: Any, n_outer: Any, n_restarts: Any
+                      ) -> tuple[fn.Inputs, int]:
+    """Refuse bad arguments of :func:`laziness_kappa` (naming them); return ``x`` checked and its
+    number of rows."""
     _check_module(model, "model")
     if not isinstance(x, (Tensor, tuple, list, dict)) or not isinstance(y, Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__}, {type(y).__name__}")
@@ -375,90 +401,103 @@ def laziness_kappa(
     for name, v in (("n_iter", n_iter), ("n_outer", n_outer), ("n_restarts", n_restarts)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if dtype is not None:
-        model = copy.deepcopy(model).to(dtype)
-    p0 = next(model.parameters())
-    dev, dt = p0.device, (dtype or p0.dtype)
-    x = fn.cast_inputs(x, dev, dt)
-    was_training = model.training
-    model.eval()
-    named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    if not named:
-        raise ValueError("model has no trainable parameters: kappa is undefined")
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    frozen.update({n: b for n, b in model.named_buffers()})
-    names = list(named)
-    sizes = [named[n].numel() for n in names]
+    return x, n_x
 
-    def to_dict(v: Tensor) -> dict[str, Tensor]:
-        return {n: t.view_as(named[n]) for n, t in zip(names, torch.split(v, sizes))}
 
-    def to_flat(d: dict[str, Tensor]) -> Tensor:
-        return torch.cat([d[n].reshape(-1) for n in names])
+class _FlatOutputs:
+    """``h(params) = f(params, x).reshape(-1)`` (length ``N O``) of ``model`` as a function of its
+    trainable parameters ``named`` (frozen parameters and buffers held fixed), and the conversions
+    between a flat vector of length ``P`` and the parameter dict."""
 
-    def h(params: dict[str, Tensor]) -> Tensor:
-        return fn.call(model, {**frozen, **params}, x).reshape(-1)
+    def __init__(self, model: nn.Module, x: fn.Inputs) -> None:
+        self.model, self.x = model, x
+        self.named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if not self.named:
+            raise ValueError("model has no trainable parameters: kappa is undefined")
+        self.frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        self.frozen.update({n: b for n, b in model.named_buffers()})
+        self.names = list(self.named)
+        self.sizes = [self.named[n].numel() for n in self.names]
 
-    try:
-        with torch.no_grad():
-            out0 = h(named)
-        yv = y.to(dev)
-        if not yv.is_floating_point():
-            o = out0.numel() // n_x
-            yv = F.one_hot(yv.long(), o) if o > 1 else yv
-        yv = yv.to(out0.dtype).reshape(-1)
-        if yv.numel() != out0.numel():
-            raise ValueError(f"y has {yv.numel()} entries but the model gives {out0.numel()} outputs on x")
-        res_vec = out0 - yv
-        residual = float(torch.linalg.vector_norm(res_vec.to(torch.float64)))
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    def to_dict(self, v: Tensor) -> dict[str, Tensor]:
+        return {n: t.view_as(self.named[n]) for n, t in zip(self.names, torch.split(v, self.sizes))}
 
-        def randn(n: int) -> Tensor:
-            return torch.randn(n, generator=gen, dtype=torch.float64).to(dev, out0.dtype)
+    def to_flat(self, d: dict[str, Tensor]) -> Tensor:
+        return torch.cat([d[n].reshape(-1) for n in self.names])
 
-        p_total = sum(sizes)
-        # ||Dh||^2: top eigenvalue of J^T J
-        with fn.math_attention():
-            _, vjp_fn = vjp(h, named)
+    def h(self, params: dict[str, Tensor]) -> Tensor:
+        return fn.call(self.model, {**self.frozen, **params}, self.x).reshape(-1)
 
-        def jtj(v: Tensor) -> Tensor:
-            return to_flat(vjp_fn(fn.jvp(h, named, to_dict(v))[1])[0])
 
-        sigma2, _ = _lanczos_top(jtj, randn(p_total), n_iter)
-        sigma2 = max(sigma2, 0.0)
+def _kappa_targets(y: Tensor, out0: Tensor, n_x: int, dev: torch.device) -> Tensor:
+    """``y*`` as a flat vector like ``out0`` (``N O``): integer labels one-hot encoded when the
+    model has ``O > 1`` outputs; refuses a ``y`` of another size."""
+    yv = y.to(dev)
+    if not yv.is_floating_point():
+        o = out0.numel() // n_x
+        yv = F.one_hot(yv.long(), o) if o > 1 else yv
+    yv = yv.to(out0.dtype).reshape(-1)
+    if yv.numel() != out0.numel():
+        raise ValueError(f"y has {yv.numel()} entries but the model gives {out0.numel()} outputs on x")
+    return yv
 
-        # ||D^2 h||: alternate c <- D^2h[u,u]/|.|, u <- top |eigenvector| of H_c
-        def second(u: Tensor) -> Tensor:  # D^2 h[u, u]
-            ud = to_dict(u)
-            return fn.jvp(lambda p: fn.jvp(h, p, ud)[1], named, ud)[1]
 
-        best = 0.0
-        for r in range(n_restarts):
-            c = res_vec.clone() if r == 0 and residual > 0 else randn(out0.numel())
-            c = c / torch.linalg.vector_norm(c)
-            u = randn(p_total)
-            prev = 0.0
-            for _ in range(n_outer):
-                def hvp(v: Tensor, c: Tensor = c) -> Tensor:  # H_c v, forward-over-reverse
-                    def grad_c(p: dict[str, Tensor]) -> dict[str, Tensor]:
-                        return vjp(h, p)[1](c)[0]
+def _jacobian_norm2(hf: _FlatOutputs, randn: Callable[[int], Tensor], n_iter: int) -> float:
+    """``||Dh||^2 = sigma_max(J)^2``, the top eigenvalue of ``J^T J`` (clipped at 0): ``n_iter``
+    Lanczos steps from a random start, each one ``jvp`` + one ``vjp`` (``J`` is never formed)."""
+    with fn.math_attention():
+        _, vjp_fn = vjp(hf.h, hf.named)
 
-                    return to_flat(fn.jvp(grad_c, named, to_dict(v))[1])
+    def jtj(v: Tensor) -> Tensor:
+        return hf.to_flat(vjp_fn(fn.jvp(hf.h, hf.named, hf.to_dict(v))[1])[0])
 
-                _, u = _lanczos_top(hvp, u, n_iter)
-                g = second(u)
-                val = float(torch.linalg.vector_norm(g))
-                best = max(best, val)
-                if val == 0.0 or abs(val - prev) <= tol * val:
-                    break
-                prev, c = val, g / val
-        d2h_norm = best
-    finally:
-        model.train(was_training)
-    kappa = residual * d2h_norm / sigma2 if sigma2 > 0 else math.inf
-    if return_parts:
-        return {"kappa": kappa, "residual": residual, "dh_norm": math.sqrt(sigma2), "d2h_norm": d2h_norm}
-    return kappa
+    sigma2, _ = _lanczos_top(jtj, randn(sum(hf.sizes)), n_iter)
+    return max(sigma2, 0.0)
+
+
+def _hessian_norm(hf: _FlatOutputs, res_vec: Tensor, residual: float,
+                  randn: Callable[[int], Tensor], n_iter: int, n_outer: int, n_restarts: int,
+                  tol: float) -> float:
+    """A lower bound on ``||D^2 h|| = sup_{|u|=|v|=1} ||D^2 h(w0)[u, v]||``, by alternation.
+
+    For a symmetric bilinear map this equals ``sup_{|u|=1, |c|=1} |c^T D^2 h[u, u]|`` (Banach), the
+    largest spectral norm of the Hessians ``H_c`` of ``c^T h``. Each of ``n_outer`` rounds: for fixed
+    ``c``, the top ``|eigenpair|`` ``(lambda, u)`` of ``H_c`` by ``n_iter`` Lanczos steps on
+    Hessian-vector products (forward-over-reverse); then ``c <- D^2 h[u, u] / ||D^2 h[u, u]||`` (a
+    jvp of a jvp), which can only increase ``|lambda|``; stop when the value changes by at most
+    ``tol`` relatively. Starts: ``c`` along the residual ``res_vec = h(w0) - y*``, then
+    ``n_restarts - 1`` random ones. Returns ``max ||D^2 h[u, u]||`` over the iterates, which
+    converges to a local maximum (the exact norm for one output). Lanczos, unlike plain power
+    iteration, converges fast on the clustered Hessian spectra of wide ReLU nets.
+    """
+    h, named, to_dict, to_flat = hf.h, hf.named, hf.to_dict, hf.to_flat
+    p_total = sum(hf.sizes)
+
+    def second(u: Tensor) -> Tensor:  # D^2 h[u, u]
+        ud = to_dict(u)
+        return fn.jvp(lambda p: fn.jvp(h, p, ud)[1], named, ud)[1]
+
+    best = 0.0
+    for r in range(n_restarts):
+        c = res_vec.clone() if r == 0 and residual > 0 else randn(res_vec.numel())
+        c = c / torch.linalg.vector_norm(c)
+        u = randn(p_total)
+        prev = 0.0
+        for _ in range(n_outer):
+            def hvp(v: Tensor, c: Tensor = c) -> Tensor:  # H_c v, forward-over-reverse
+                def grad_c(p: dict[str, Tensor]) -> dict[str, Tensor]:
+                    return vjp(h, p)[1](c)[0]
+
+                return to_flat(fn.jvp(grad_c, named, to_dict(v))[1])
+
+            _, u = _lanczos_top(hvp, u, n_iter)
+            g = second(u)
+            val = float(torch.linalg.vector_norm(g))
+            best = max(best, val)
+            if val == 0.0 or abs(val - prev) <= tol * val:
+                break
+            prev, c = val, g / val
+    return best
 
 
 def _gating_net(model: nn.Module) -> list[tuple[nn.Module, dict[str, Tensor] | None]]:

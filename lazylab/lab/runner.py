@@ -100,6 +100,50 @@ def run_experiment(
     _check_device(device)
     out = Path(out) if out is not None else default_out(name)
     store_path = out / STORE_NAME
+    cells, done, report_sets = _resume_state(out, resume, exp, preset, resolved, cells)
+    todo = [c for c in cells if c.id not in done]
+
+    failed: list[tuple[Cell, str]] = []
+    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
+    # the executor connects (Dask) before anything is written: a bad address changes nothing
+    with make_executor(executor, workers, threads=threads) as ex:
+        if store_path.exists():
+            store = Store.open(out)
+        else:
+            store = Store.create(out, experiment=exp.name, preset=preset, config=resolved.base,
+                                 sweep=resolved.sweep, cells=cells, version=_lazylab_version())
+        try:
+            _write_run_files(out, exp, preset, resolved, cells, ex, device, threads, argv)
+            say(f"lazylab: {exp.name} [{preset}] {len(cells)} cells, {len(done)} already done, "
+                f"{len(todo)} to run on {ex.name} -> {out}")
+            bar = tqdm(total=len(cells), initial=len(done), desc=exp.name, unit="cell",
+                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            try:
+                in_process = ex.workers == 1 and executor == "local"
+                results = ex.run(exp.name, exp.run_cell.__module__, todo, device,
+                                 progress and in_process)
+                failed = _store_cells(results, store, len(cells), bar, say)
+            finally:
+                bar.close()
+        finally:
+            store.close()
+    path = build_report(out, sets=report_sets or None)
+    if echo:
+        print(f"report: {path}")
+    if failed:
+        raise CellsFailedError(failed, str(out))
+    _check_all_run(out, todo)
+    return path
+
+
+def _resume_state(out: Path, resume: bool, exp: Any, preset: str, resolved: ResolvedConfig,
+                  cells: list[Cell]) -> tuple[list[Cell], frozenset[str], dict[str, Any]]:
+    """Check the ``out`` folder (reading only) and return ``(cells, done ids, report_sets)``.
+
+    Without ``resume`` the folder must be absent or empty. With ``resume`` and a store there, the
+    store must be compatible with the request; ``cells`` get the ids their twins have in the store,
+    and ``report_sets`` are the report settings whose value differs from the stored config."""
+    store_path = out / STORE_NAME
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     existing = out.is_dir() and any(out.iterdir())
@@ -120,47 +164,28 @@ def run_experiment(
     elif existing:
         raise FileExistsError(f"--out {out} already exists and is not empty; add --resume to "
                               "finish its missing cells, or choose a new --out")
-    todo = [c for c in cells if c.id not in done]
+    return cells, done, report_sets
 
-    failed: list[tuple[Cell, str]] = []
-    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if echo else (lambda msg: None)
-    # the executor connects (Dask) before anything is written: a bad address changes nothing
-    with make_executor(executor, workers, threads=threads) as ex:
-        if store_path.exists():
-            store = Store.open(out)
-        else:
-            store = Store.create(out, experiment=exp.name, preset=preset, config=resolved.base,
-                                 sweep=resolved.sweep, cells=cells, version=_lazylab_version())
-        try:
-            atomic_write_text(out / "config.yaml", _config_yaml(exp, preset, resolved, len(cells)))
-            seeds = sorted({c.config.get("seed") for c in cells})
-            env = collect_environment(device=device, seeds=seeds, executor=ex.name,
-                                      workers=ex.workers, threads=threads, argv=argv)
-            atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n")
-            say(f"lazylab: {exp.name} [{preset}] {len(cells)} cells, {len(done)} already done, "
-                f"{len(todo)} to run on {ex.name} -> {out}")
-            bar = tqdm(total=len(cells), initial=len(done), desc=exp.name, unit="cell",
-                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
-            try:
-                in_process = ex.workers == 1 and executor == "local"
-                results = ex.run(exp.name, exp.run_cell.__module__, todo, device,
-                                 progress and in_process)
-                failed = _store_cells(results, store, len(cells), bar, say)
-            finally:
-                bar.close()
-        finally:
-            store.close()
-    path = build_report(out, sets=report_sets or None)
-    if echo:
-        print(f"report: {path}")
-    if failed:
-        raise CellsFailedError(failed, str(out))
+
+def _write_run_files(out: Path, exp: Any, preset: str, resolved: ResolvedConfig, cells: list[Cell],
+                     ex: Any, device: str, threads: int, argv: list[str] | None) -> None:
+    """Write ``config.yaml`` (the resolved request) and ``environment.json`` (versions, device,
+    seeds, executor) into ``out``, atomically."""
+    atomic_write_text(out / "config.yaml", _config_yaml(exp, preset, resolved, len(cells)))
+    seeds = sorted({c.config.get("seed") for c in cells})
+    env = collect_environment(device=device, seeds=seeds, executor=ex.name,
+                              workers=ex.workers, threads=threads, argv=argv)
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n")
+
+
+def _check_all_run(out: Path, todo: list[Cell]) -> None:
+    """Raise if the store lacks any cell of ``todo``: an executor that loses cells must not look
+    like a finished run."""
     missing = _missing(out, todo)
-    if missing:  # an executor that loses cells must not look like a finished run
+    if missing:
         names = ", ".join(c.label() for c in missing[:5])
         raise RuntimeError(f"{len(missing)} cell(s) were not run ({names}); the others are stored "
                            f"in {out}; rerun with --resume")
-    return path
 
 
 def _store_cells(results: Any, store: Store, n_cells: int, bar: Any,

@@ -384,10 +384,10 @@ def _gap_claim(t, act: str) -> list[Check]:
                   source=SRC_P + "; the gap for N < d (theory >= 0.15 on [0.25, 0.75])")]
 
 
-def report_quadratic(df, base: QuadraticConfig) -> Report:
-    import matplotlib.pyplot as plt
-
-    last = _final(df)
+def _quadratic_table(last):
+    """Per (activation, regime, rho, N): mean over cells of the final records ``last``, with the
+    spread (``exact_sd``) and count (``cells``) of the cells averaged, ``sgd_norm`` (the final SGD
+    risk) and ``sgd_minus_exact``; the closed forms and limits only for the quadratic activation."""
     cols = ["exact_norm", "risk_norm", "theory_norm", "plugin_norm", "time_s"]
     grouped = last.groupby(["activation", "regime", "rho", "N"])
     table = grouped[cols].mean().reset_index()
@@ -399,49 +399,38 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
     table["sgd_minus_exact"] = table["sgd_norm"] - table["exact_norm"]
     # the closed forms and limits are for the quadratic activation only
     table.loc[table["activation"] != "quadratic", ["theory_norm", "plugin_norm"]] = np.nan
-    metrics: dict[str, float] = {}
-    checks: list[Check] = []
-    for row in table.itertuples(index=False):
-        key = f"{row.activation}/{row.regime}@rho={row.rho:g}"
-        metrics[f"sgd_norm[{key}]"] = float(row.sgd_norm)
-        if row.activation == "quadratic":
-            metrics[f"exact_norm[{key}]"] = float(row.exact_norm)
-    d = int(base.d)
-    q = table[table["activation"] == "quadratic"]
-    trained = int(last["step"].max()) > 0
-    if not trained:  # steps = 0: only exact risks (the "SGD" risk would be the risk at init)
-        table = table.drop(columns=["sgd_norm", "sgd_minus_exact"])
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("sgd_norm")}
-    if len(q):
-        # (a) exact optimum vs asymptotic theory (d >= 200 only, as the issue states)
-        sel = q[q["rho"].round(4).isin([0.25, 0.5, 0.75, 1.5])]
-        draws = int(last["target_seed"].nunique())
-        if d >= 200 and draws >= 4 and len(sel):
-            dev = (sel["exact_norm"] - sel["theory_norm"]).abs()
-            i = int(np.argmax(dev.to_numpy()))
-            checks.append(Check(
-                f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}, exact risk "
-                f"averaged over {draws} target draw(s); worst: "
-                f"{sel['regime'].iloc[i]} at rho={sel['rho'].iloc[i]:g})", float(dev.max()), "<= 0.03",
-                bool(dev.max() <= 0.03), "abs, normalized risk", source=SRC_D
-                + "; 0.03 ≈ 1 sd of one target draw at d = 200", n=draws))
-        elif len(sel):  # the limits are d -> inf statements about a random spectrum: one draw at
-            # d = 200 sits ~0.025 (1 sd) from them, so the check needs d >= 200 and >= 4 draws
-            metrics[f"exact_minus_theory_max_abs(d={d}, {draws} draw(s), not checked)"] = float(
-                (sel["exact_norm"] - sel["theory_norm"]).abs().max())
-        checks += _exact_claims(last[last["activation"] == "quadratic"])
-        if trained:
-            checks += _sgd_claims(last[last["activation"] == "quadratic"], ("rf", "nt", "nn"))
-    if trained:
-        for act in sorted(last["activation"].unique()):
-            checks += _gap_claim(last[last["activation"] == act], act)
-    for reg in ("nn",) if trained and len(q) else ():
-        b = q[(q["regime"] == reg) & (q["rho"] >= 1)]
-        if len(b):  # the paper says zero risk for N >= d: how far SGD is from it after these steps
-            metrics[f"nn_sgd_risk_rho>=1_max (paper: 0; {int(last['step'].max())} steps)"] = float(
-                b["sgd_norm"].max())
+    return table
 
-    figs = {}
+
+def _theory_check(q, last, d: int, metrics: dict[str, float]) -> list[Check]:
+    """(a) exact optimum vs the d→∞ theory, max over regimes x rho in {.25, .5, .75, 1.5} of
+    |exact - theory| <= 0.03 (on the quadratic rows ``q`` of the table); checked only at d >= 200
+    with >= 4 target draws, otherwise the deviation is added to ``metrics``, not checked."""
+    # (a) exact optimum vs asymptotic theory (d >= 200 only, as the issue states)
+    sel = q[q["rho"].round(4).isin([0.25, 0.5, 0.75, 1.5])]
+    draws = int(last["target_seed"].nunique())
+    if d >= 200 and draws >= 4 and len(sel):
+        dev = (sel["exact_norm"] - sel["theory_norm"]).abs()
+        i = int(np.argmax(dev.to_numpy()))
+        return [Check(
+            f"(a) max |exact - theory| over regimes x rho in {{.25,.5,.75,1.5}} (d={d}, exact risk "
+            f"averaged over {draws} target draw(s); worst: "
+            f"{sel['regime'].iloc[i]} at rho={sel['rho'].iloc[i]:g})", float(dev.max()), "<= 0.03",
+            bool(dev.max() <= 0.03), "abs, normalized risk", source=SRC_D
+            + "; 0.03 ≈ 1 sd of one target draw at d = 200", n=draws)]
+    if len(sel):  # the limits are d -> inf statements about a random spectrum: one draw at
+        # d = 200 sits ~0.025 (1 sd) from them, so the check needs d >= 200 and >= 4 draws
+        metrics[f"exact_minus_theory_max_abs(d={d}, {draws} draw(s), not checked)"] = float(
+            (sel["exact_norm"] - sel["theory_norm"]).abs().max())
+    return []
+
+
+def _quadratic_figure(table, last, base: QuadraticConfig, trained: bool):
+    """Normalized risk vs rho = N/d, one panel per activation: exact optima, SGD risks (when
+    ``trained``) and, for the quadratic activation, the d→∞ theory curves."""
+    import matplotlib.pyplot as plt
+
+    d = int(base.d)
     acts = sorted(table["activation"].unique())
     fig, axes = plt.subplots(1, len(acts), figsize=(6.2 * len(acts), 4.4), squeeze=False)
     for ax, act in zip(axes[0], acts):
@@ -465,20 +454,56 @@ def report_quadratic(df, base: QuadraticConfig) -> Report:
                      f"{int(base.batch_size)}" if trained else "exact optima only (no SGD)"))
         ax.legend(fontsize=7)
     fig.tight_layout()
-    figs["ghorbani_quadratic"] = fig
+    return fig
 
-    notes = (
-        "Normalized risk R/Var(f*) of two-layer nets on f*(x) = x^T B x - tr B, B = diag(gamma)/sqrt(d), "
-        "gamma ~ Exp(1) (the official code's target). Exact optimum: least squares in the space of "
-        "quadratic forms (lazylab.risks; RF/NT at the cell's own random W). SGD: population training "
-        "(fresh batch each step), risk of the trained model computed exactly (quadratic activation) or "
-        "by Monte Carlo (ReLU). Theory curves: d→∞ limits of our derivation (docs/papers.md §2.3) "
-        "[D] (the paper's body was not available), verified against finite-d exact risks in "
-        "tests/test_risks.py. Check (a) against theory applies at d >= 200 only (issue 7); at smaller d "
-        "the deviation is reported as a metric. With short runs SGD stops above the optimum; NT near "
-        "rho = 1 converges slowest (the smallest singular value of W -> 0 at N = d)."
-    )
-    return Report(metrics=metrics, checks=checks, figures=figs, table=table, notes=notes)
+
+QUADRATIC_NOTES = (
+    "Normalized risk R/Var(f*) of two-layer nets on f*(x) = x^T B x - tr B, B = diag(gamma)/sqrt(d), "
+    "gamma ~ Exp(1) (the official code's target). Exact optimum: least squares in the space of "
+    "quadratic forms (lazylab.risks; RF/NT at the cell's own random W). SGD: population training "
+    "(fresh batch each step), risk of the trained model computed exactly (quadratic activation) or "
+    "by Monte Carlo (ReLU). Theory curves: d→∞ limits of our derivation (docs/papers.md §2.3) "
+    "[D] (the paper's body was not available), verified against finite-d exact risks in "
+    "tests/test_risks.py. Check (a) against theory applies at d >= 200 only (issue 7); at smaller d "
+    "the deviation is reported as a metric. With short runs SGD stops above the optimum; NT near "
+    "rho = 1 converges slowest (the smallest singular value of W -> 0 at N = d)."
+)
+
+
+def report_quadratic(df, base: QuadraticConfig) -> Report:
+    """Table, metrics, checks ((a) exact optima vs theory and their rank/limit identities, (b) SGD
+    reaches the optimum and NN beats NT for N < d), figure and notes of the records ``df`` of a
+    ``ghorbani-quadratic`` sweep (final step of each cell)."""
+    last = _final(df)
+    table = _quadratic_table(last)
+    metrics: dict[str, float] = {}
+    checks: list[Check] = []
+    for row in table.itertuples(index=False):
+        key = f"{row.activation}/{row.regime}@rho={row.rho:g}"
+        metrics[f"sgd_norm[{key}]"] = float(row.sgd_norm)
+        if row.activation == "quadratic":
+            metrics[f"exact_norm[{key}]"] = float(row.exact_norm)
+    d = int(base.d)
+    q = table[table["activation"] == "quadratic"]
+    trained = int(last["step"].max()) > 0
+    if not trained:  # steps = 0: only exact risks (the "SGD" risk would be the risk at init)
+        table = table.drop(columns=["sgd_norm", "sgd_minus_exact"])
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("sgd_norm")}
+    if len(q):
+        checks += _theory_check(q, last, d, metrics)
+        checks += _exact_claims(last[last["activation"] == "quadratic"])
+        if trained:
+            checks += _sgd_claims(last[last["activation"] == "quadratic"], ("rf", "nt", "nn"))
+    if trained:
+        for act in sorted(last["activation"].unique()):
+            checks += _gap_claim(last[last["activation"] == act], act)
+    for reg in ("nn",) if trained and len(q) else ():
+        b = q[(q["regime"] == reg) & (q["rho"] >= 1)]
+        if len(b):  # the paper says zero risk for N >= d: how far SGD is from it after these steps
+            metrics[f"nn_sgd_risk_rho>=1_max (paper: 0; {int(last['step'].max())} steps)"] = float(
+                b["sgd_norm"].max())
+    figs = {"ghorbani_quadratic": _quadratic_figure(table, last, base, trained)}
+    return Report(metrics=metrics, checks=checks, figures=figs, table=table, notes=QUADRATIC_NOTES)
 
 
 # ---------------------------------------------------------------------------------------------------

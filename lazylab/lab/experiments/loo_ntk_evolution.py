@@ -233,19 +233,28 @@ def _conv_epoch(sub, thr: float = 0.1) -> float:
 
 SRC = "Loo et al. 2022 abstract [P], docs/papers.md §4"
 
+NOTES = (
+    "Loo et al. (2022) report, for ResNet-18 on CIFAR-10 (eps = 4/255, PGD-20 training, "
+    "PGD-100 evaluation), 76.1% PGD robust accuracy for adversarial training on a fixed kernel "
+    "(AA); the other numbers of the paper were not available to us (docs/papers.md §4). "
+    "Kernel distance and velocity follow Fort et al. (2020) as the paper says it does; the "
+    "alignment uses centered one-hot targets. The quick preset is a small CPU analogue "
+    "(sklearn digits, 2-hidden-layer MLP), so only the qualitative claims are checked: the "
+    "adversarially trained kernel converges earlier (distance to the final kernel < 0.1), and "
+    "its frozen kernel gives robustness even when phase 2 is clean (AC vs CC). The 0.1 "
+    "threshold is absolute: a kernel that moves less than 0.1 in total counts as converged at "
+    "epoch 0, so the metrics also give the total distance init -> final and a scale-free "
+    "convergence epoch (distance below 10% of that total). docs/attacks.md lists the setups "
+    "measured to look for the convergence claim on digits (SmallCNN, lr 0.1-0.3, up to 100 "
+    "epochs, eps 0.05): in none does the standard kernel converge later than the adversarial one "
+    "by this criterion: the claim is not reproduced at this scale."
+)
 
-def report(df, base: LooConfig) -> Report:
-    import matplotlib.pyplot as plt
-    import pandas as pd
 
-    from lazylab.lab.experiments._common import per_seed
-
-    ker = df[df["kind"] == "kernel"]
-    p1 = df[df["kind"] == "phase1"]
-    p2 = df[df["kind"] == "phase2"]
-    metrics: dict[str, float] = {}
-    checks: list[Check] = []
-
+def _kernel_metrics(ker, p1, metrics: dict[str, float]) -> dict[str, float]:
+    """Add the phase-1 metrics to ``metrics`` (per phase-1 kind, mean over seeds: convergence epoch
+    of the distance to the final kernel, absolute (< 0.1) and scale-free (< 10% of init -> final),
+    distance init -> final, clean and robust accuracy); return the convergence epoch per kind."""
     conv = {}
     for ph, sub in ker.groupby("phase1"):
         conv[ph] = float(np.mean([_conv_epoch(s) for _, s in sub.groupby("seed")]))
@@ -259,43 +268,61 @@ def report(df, base: LooConfig) -> Report:
     for ph, sub in p1.groupby("phase1"):
         metrics[f"phase1_{ph}_clean_acc"] = float(sub["clean_acc"].mean())
         metrics[f"phase1_{ph}_robust_acc"] = float(sub["robust_acc"].mean())
-    table = None
-    if len(p2):
-        table = (p2.groupby(["t", "run"])[["clean_acc", "robust_acc", "kernel_move"]].mean()
-                 .reset_index())
-        for _, r in table.iterrows():
-            metrics[f"{r['run']}@t={r['t']:g}_clean_acc"] = float(r["clean_acc"])
-            metrics[f"{r['run']}@t={r['t']:g}_robust_acc"] = float(r["robust_acc"])
-        move = float(p2["kernel_move"].max())
-        metrics["max_phase2_kernel_move"] = move
-        checks.append(Check("linearized phase-2 kernel does not move (max kernel distance start->end)",
-                            move, "< 1e-6", move < 1e-6, "Loo et al. Sec 2 (frozen kernel)",
-                            kind="sanity", source="identity of lazylab.linearize"))
-        t_last = float(table["t"].max())
-        last = table[table["t"] == t_last].set_index("run")
-        if {"AC", "CC"} <= set(last.index):
-            p2l = p2[p2["t"] == t_last]
+    return conv
 
-            def gap_of(g):
-                r = g.groupby("run")["robust_acc"].mean()
-                return float(r.get("AC", np.nan) - r.get("CC", np.nan))
 
-            c = check(f"AC more robust than CC at eps={base.eps:g} (t={t_last:g})", None, 0.10,
-                      op=">=", seeds=per_seed(p2l, gap_of),
-                      source=SRC + "; 0.10 robust-accuracy points is ours")
-            metrics[f"AC_minus_CC_robust_acc@t={t_last:g}"] = c.value
-            checks.append(c)
-    if {"standard", "adversarial"} <= set(conv):
-        def faster(g):
-            e = {ph: _conv_epoch(s) for ph, s in g.groupby("phase1")}
-            return float(e.get("standard", np.nan) - e.get("adversarial", np.nan))
+def _phase2_checks(p2, base: LooConfig, metrics: dict[str, float]):
+    """Phase-2 table (mean over seeds per (t, run)), its metrics (added to ``metrics``) and checks:
+    the sanity check that the linearized model's kernel does not move, and the claim that AC is
+    more robust than CC at the last freeze epoch (per seed, >= 0.10 robust-accuracy points)."""
+    from lazylab.lab.experiments._common import per_seed
 
-        c = check("kernel converges (distance to final < 0.1) in fewer epochs under adversarial "
-                  "training (standard - adversarial epochs)", None, 0.0, op=">",
-                  seeds=per_seed(ker, faster), source=SRC + "; the 0.1 threshold is ours")
+    checks: list[Check] = []
+    table = (p2.groupby(["t", "run"])[["clean_acc", "robust_acc", "kernel_move"]].mean()
+             .reset_index())
+    for _, r in table.iterrows():
+        metrics[f"{r['run']}@t={r['t']:g}_clean_acc"] = float(r["clean_acc"])
+        metrics[f"{r['run']}@t={r['t']:g}_robust_acc"] = float(r["robust_acc"])
+    move = float(p2["kernel_move"].max())
+    metrics["max_phase2_kernel_move"] = move
+    checks.append(Check("linearized phase-2 kernel does not move (max kernel distance start->end)",
+                        move, "< 1e-6", move < 1e-6, "Loo et al. Sec 2 (frozen kernel)",
+                        kind="sanity", source="identity of lazylab.linearize"))
+    t_last = float(table["t"].max())
+    last = table[table["t"] == t_last].set_index("run")
+    if {"AC", "CC"} <= set(last.index):
+        p2l = p2[p2["t"] == t_last]
+
+        def gap_of(g):
+            r = g.groupby("run")["robust_acc"].mean()
+            return float(r.get("AC", np.nan) - r.get("CC", np.nan))
+
+        c = check(f"AC more robust than CC at eps={base.eps:g} (t={t_last:g})", None, 0.10,
+                  op=">=", seeds=per_seed(p2l, gap_of),
+                  source=SRC + "; 0.10 robust-accuracy points is ours")
+        metrics[f"AC_minus_CC_robust_acc@t={t_last:g}"] = c.value
         checks.append(c)
+    return table, checks
 
-    figs = {}
+
+def _convergence_check(ker) -> Check:
+    """Claim: per seed, the kernel reaches distance < 0.1 to its final value in fewer epochs under
+    adversarial than under standard training (standard - adversarial epochs > 0)."""
+    from lazylab.lab.experiments._common import per_seed
+
+    def faster(g):
+        e = {ph: _conv_epoch(s) for ph, s in g.groupby("phase1")}
+        return float(e.get("standard", np.nan) - e.get("adversarial", np.nan))
+
+    return check("kernel converges (distance to final < 0.1) in fewer epochs under adversarial "
+                 "training (standard - adversarial epochs)", None, 0.0, op=">",
+                 seeds=per_seed(ker, faster), source=SRC + "; the 0.1 threshold is ours")
+
+
+def _kernel_figure(ker, base: LooConfig):
+    """Distance to the final kernel, velocity and alignment vs epoch (log x), per phase-1 kind."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     for ph, sub in ker.groupby("phase1"):
         m = sub.groupby("epoch")[["dist_to_final", "velocity", "alignment"]].mean()
@@ -313,40 +340,52 @@ def report(df, base: LooConfig) -> Report:
     ax[1].set_yscale("log")
     fig.suptitle(f"NTK evolution, {base.dataset} / {base.model}, eps={base.eps:g}")
     fig.tight_layout()
-    figs["loo_ntk_evolution"] = fig
+    return fig
+
+
+def _phase2_figure(table, base: LooConfig):
+    """Clean and robust test accuracy of the phase-2 runs (bars) per freeze epoch ``t``."""
+    import matplotlib.pyplot as plt
+
+    fig2, ax2 = plt.subplots(1, 2, figsize=(11, 4))
+    piv_r = table.pivot(index="t", columns="run", values="robust_acc")
+    piv_c = table.pivot(index="t", columns="run", values="clean_acc")
+    piv_c.plot.bar(ax=ax2[0], rot=0)
+    piv_r.plot.bar(ax=ax2[1], rot=0)
+    ax2[0].set_ylabel("clean test accuracy")
+    ax2[1].set_ylabel(f"PGD-{base.eval_attack_steps} robust accuracy (eps={base.eps:g})")
+    for a in ax2:
+        a.set_xlabel("phase-1 epoch t at which the kernel is frozen")
+        a.set_ylim(0, 1)
+    fig2.suptitle("phase 2: centered linearized model on the frozen kernel k_t "
+                  "(first letter: phase 1, second: phase 2; C clean, A adversarial)")
+    fig2.tight_layout()
+    return fig2
+
+
+def report(df, base: LooConfig) -> Report:
+    """Metrics, checks (phase-2 kernel frozen; AC more robust than CC; adversarial kernel converges
+    earlier), figures and the phase-2 table of the records ``df`` of a sweep over ``phase1`` and
+    seeds (see the module docstring)."""
+    import pandas as pd
+
+    ker = df[df["kind"] == "kernel"]
+    p1 = df[df["kind"] == "phase1"]
+    p2 = df[df["kind"] == "phase2"]
+    metrics: dict[str, float] = {}
+    checks: list[Check] = []
+    conv = _kernel_metrics(ker, p1, metrics)
+    table = None
+    if len(p2):
+        table, p2_checks = _phase2_checks(p2, base, metrics)
+        checks += p2_checks
+    if {"standard", "adversarial"} <= set(conv):
+        checks.append(_convergence_check(ker))
+    figs = {"loo_ntk_evolution": _kernel_figure(ker, base)}
     if table is not None:
-        fig2, ax2 = plt.subplots(1, 2, figsize=(11, 4))
-        piv_r = table.pivot(index="t", columns="run", values="robust_acc")
-        piv_c = table.pivot(index="t", columns="run", values="clean_acc")
-        piv_c.plot.bar(ax=ax2[0], rot=0)
-        piv_r.plot.bar(ax=ax2[1], rot=0)
-        ax2[0].set_ylabel("clean test accuracy")
-        ax2[1].set_ylabel(f"PGD-{base.eval_attack_steps} robust accuracy (eps={base.eps:g})")
-        for a in ax2:
-            a.set_xlabel("phase-1 epoch t at which the kernel is frozen")
-            a.set_ylim(0, 1)
-        fig2.suptitle("phase 2: centered linearized model on the frozen kernel k_t "
-                      "(first letter: phase 1, second: phase 2; C clean, A adversarial)")
-        fig2.tight_layout()
-        figs["loo_phase2"] = fig2
-    notes = (
-        "Loo et al. (2022) report, for ResNet-18 on CIFAR-10 (eps = 4/255, PGD-20 training, "
-        "PGD-100 evaluation), 76.1% PGD robust accuracy for adversarial training on a fixed kernel "
-        "(AA); the other numbers of the paper were not available to us (docs/papers.md §4). "
-        "Kernel distance and velocity follow Fort et al. (2020) as the paper says it does; the "
-        "alignment uses centered one-hot targets. The quick preset is a small CPU analogue "
-        "(sklearn digits, 2-hidden-layer MLP), so only the qualitative claims are checked: the "
-        "adversarially trained kernel converges earlier (distance to the final kernel < 0.1), and "
-        "its frozen kernel gives robustness even when phase 2 is clean (AC vs CC). The 0.1 "
-        "threshold is absolute: a kernel that moves less than 0.1 in total counts as converged at "
-        "epoch 0, so the metrics also give the total distance init -> final and a scale-free "
-        "convergence epoch (distance below 10% of that total). docs/attacks.md lists the setups "
-        "measured to look for the convergence claim on digits (SmallCNN, lr 0.1-0.3, up to 100 "
-        "epochs, eps 0.05): in none does the standard kernel converge later than the adversarial one "
-        "by this criterion: the claim is not reproduced at this scale."
-    )
+        figs["loo_phase2"] = _phase2_figure(table, base)
     return Report(metrics=metrics, checks=checks, figures=figs,
-                  table=table if table is not None else pd.DataFrame(), notes=notes)
+                  table=table if table is not None else pd.DataFrame(), notes=NOTES)
 
 
 EXPERIMENT = register(Experiment(

@@ -76,25 +76,33 @@ def run_cell(cfg: RegimesDemoConfig, ctx: RunContext) -> list[dict]:
     return [{k: r[k] for k in keys} for r in hist.records]
 
 
-def report(df, base: RegimesDemoConfig) -> Report:
-    import matplotlib.pyplot as plt
+SRC = "Chizat et al. 2019 Thm 2.2 [P], docs/papers.md §1.1"
 
+NOTES = (
+    "Model `lazy(TwoLayerNet(d, m), alpha)` = alpha (h(w,x) - h(w0,x)), loss scaled by "
+    "1/alpha² (Chizat, Oyallon & Bach 2019, eq. 2), full-batch GD with the same step size for "
+    "every alpha (the function-space speed at init does not depend on alpha). Small alpha: "
+    "the weights move far (feature learning); large alpha: lazy training. Theorem 2.2 of the "
+    "paper: over a fixed horizon ||w_alpha(t) - w0|| = O(1/alpha), so the log-log slope of "
+    "the relative weight change tends to -1 as alpha grows, and the trained functions "
+    "converge to the linearized model's (the test losses of the largest alphas agree). "
+    "The test-loss ratio between the largest and smallest alpha is reported as a metric, not "
+    "checked: no theorem of the paper predicts its value for this teacher. This is a small CPU "
+    "demo of the lab: numbers are means over the seeds of the sweep; the theorem is "
+    "asymptotic, so the slope at small alpha deviates from -1."
+)
+
+
+def _claims(last, table, metrics: dict[str, float]) -> list[Check]:
+    """The two claims of Thm 2.2 on the final records ``last`` (per seed), with their metrics added
+    to ``metrics``: slope of log relative weight change vs log alpha over alpha >= 4 is -1 ± 0.15,
+    and the test losses of the two largest alphas agree within 10 % (the lazy limit)."""
     from lazylab.lab.experiments._common import loglog_slope, per_seed
 
-    last = df.loc[df.groupby("cell_id")["step"].idxmax()]
-    table = (last.groupby("alpha")[["train_loss", "test_loss", "rel_weight_change"]]
-             .mean().reset_index())
-    table["alpha_x_rel_change"] = table["alpha"] * table["rel_weight_change"]
     alphas = table["alpha"].to_numpy(float)
     rel = table["rel_weight_change"].to_numpy(float)
-
-    metrics: dict[str, float] = {}
-    for a, tl, rc in zip(alphas, table["test_loss"], rel):
-        metrics[f"test_loss@alpha={a:g}"] = float(tl)
-        metrics[f"rel_weight_change@alpha={a:g}"] = float(rc)
     checks: list[Check] = []
     lazy_side = alphas >= 4
-    src = "Chizat et al. 2019 Thm 2.2 [P], docs/papers.md §1.1"
     if lazy_side.sum() >= 2:
         s = loglog_slope(alphas[lazy_side], rel[lazy_side])
         metrics["slope_log_rel_change_vs_log_alpha"] = s
@@ -105,7 +113,7 @@ def report(df, base: RegimesDemoConfig) -> Report:
 
         checks.append(check("slope of log ||w-w0||/||w0|| vs log alpha (alpha >= 4)", None, -1.0,
                             atol=0.15, seeds=per_seed(last, slope),
-                            source=src + " (O(1/alpha)); ±0.15 is ours"))
+                            source=SRC + " (O(1/alpha)); ±0.15 is ours"))
     if len(alphas) >= 2 and alphas[-1] >= 4:
         a1, a2 = alphas[-2], alphas[-1]
 
@@ -115,14 +123,19 @@ def report(df, base: RegimesDemoConfig) -> Report:
                                                                              1e-12))
 
         c = check(f"test loss alpha={a1:g} vs {a2:g} (lazy limit; relative gap)", None, 0.1,
-                  op="<", seeds=per_seed(last, gap_of), source=src + " (lazy limit); 10 % is ours")
+                  op="<", seeds=per_seed(last, gap_of), source=SRC + " (lazy limit); 10 % is ours")
         metrics["lazy_limit_test_loss_rel_gap"] = c.value
         checks.append(c)
-    if len(alphas) >= 2:
-        ratio = float(table["test_loss"].iloc[-1] / table["test_loss"].iloc[0])
-        metrics[f"test_loss_ratio_alpha={alphas[-1]:g}_vs_{alphas[0]:g}"] = ratio
+    return checks
 
-    figs = {}
+
+def _figure(df, table, base: RegimesDemoConfig):
+    """Test loss vs GD step per alpha (mean over seeds), and the final relative weight change vs
+    alpha (log-log) with a 1/alpha reference line."""
+    import matplotlib.pyplot as plt
+
+    alphas = table["alpha"].to_numpy(float)
+    rel = table["rel_weight_change"].to_numpy(float)
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for a, sub in df.groupby("alpha"):
         curve = sub.groupby("step")["test_loss"].mean()
@@ -141,21 +154,29 @@ def report(df, base: RegimesDemoConfig) -> Report:
     ax[1].legend()
     fig.suptitle(f"two-layer ReLU net, d={base.d}, m={base.m}, n={base.n_train}")
     fig.tight_layout()
-    figs["regimes"] = fig
+    return fig
 
-    notes = (
-        "Model `lazy(TwoLayerNet(d, m), alpha)` = alpha (h(w,x) - h(w0,x)), loss scaled by "
-        "1/alpha² (Chizat, Oyallon & Bach 2019, eq. 2), full-batch GD with the same step size for "
-        "every alpha (the function-space speed at init does not depend on alpha). Small alpha: "
-        "the weights move far (feature learning); large alpha: lazy training. Theorem 2.2 of the "
-        "paper: over a fixed horizon ||w_alpha(t) - w0|| = O(1/alpha), so the log-log slope of "
-        "the relative weight change tends to -1 as alpha grows, and the trained functions "
-        "converge to the linearized model's (the test losses of the largest alphas agree). "
-        "The test-loss ratio between the largest and smallest alpha is reported as a metric, not "
-        "checked: no theorem of the paper predicts its value for this teacher. This is a small CPU "
-        "demo of the lab: numbers are means over the seeds of the sweep; the theorem is "
-        "asymptotic, so the slope at small alpha deviates from -1."
-    )
+
+def report(df, base: RegimesDemoConfig) -> Report:
+    """Table (per alpha, mean over seeds of the final losses and relative weight change), metrics,
+    the two Thm 2.2 claims, figure and notes of the records ``df`` of an alpha x seed sweep."""
+    last = df.loc[df.groupby("cell_id")["step"].idxmax()]
+    table = (last.groupby("alpha")[["train_loss", "test_loss", "rel_weight_change"]]
+             .mean().reset_index())
+    table["alpha_x_rel_change"] = table["alpha"] * table["rel_weight_change"]
+    alphas = table["alpha"].to_numpy(float)
+    rel = table["rel_weight_change"].to_numpy(float)
+
+    metrics: dict[str, float] = {}
+    for a, tl, rc in zip(alphas, table["test_loss"], rel):
+        metrics[f"test_loss@alpha={a:g}"] = float(tl)
+        metrics[f"rel_weight_change@alpha={a:g}"] = float(rc)
+    checks = _claims(last, table, metrics)
+    if len(alphas) >= 2:
+        ratio = float(table["test_loss"].iloc[-1] / table["test_loss"].iloc[0])
+        metrics[f"test_loss_ratio_alpha={alphas[-1]:g}_vs_{alphas[0]:g}"] = ratio
+    figs = {"regimes": _figure(df, table, base)}
+    notes = NOTES
     if np.isnan(rel).any():
         notes += "\n\nSome runs have NaN weight changes (diverged?)."
     return Report(metrics=metrics, checks=checks, figures=figs, table=table, notes=notes)

@@ -129,14 +129,17 @@ def _centered_onehot(y, n_classes: int):
 
 def tangent_kernel(model, x):
     """Trace empirical NTK of ``model`` on ``x``, measured by differentiating the model's own output
-    w.r.t. its trainable parameters (``torch.func.jacrev`` through ``functional_call``); for a
-    :class:`~lazylab.regimes.Linearized` model this differentiates the jvp forward at the current
-    ``w``, so it measures (rather than assumes) that the kernel is frozen. Float64 accumulation."""
+    w.r.t. its trainable parameters (``torch.func.jacrev`` through the one functional view,
+    :func:`lazylab.functional.call`); for a :class:`~lazylab.regimes.Linearized` model this
+    differentiates the jvp forward at the current ``w``, so it measures (rather than assumes, as
+    ``lazylab.ntk`` does) that the kernel is frozen. Float64 accumulation."""
     import torch
-    from torch.func import functional_call, jacrev
+    from torch.func import jacrev
+
+    from lazylab import functional as fn
 
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    J = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+    J = jacrev(lambda p: fn.call(model, p, x))(params)
     n = x.shape[0]
     with torch.no_grad():
         o = model(x[:1]).reshape(1, -1).shape[1]

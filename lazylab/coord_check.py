@@ -83,6 +83,22 @@ def record_layers(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return acts
 
 
+def full_batch_steps(model: nn.Module, data: tuple[Tensor, Tensor], lr: float, optimizer: str,
+                     steps: int, crit: Callable[[Tensor, Tensor], Tensor], *, hooks: Sequence[Any] = (),
+                     on_divergence: str = "continue") -> Any:
+    """``steps`` full-batch updates of ``crit(model(X), y)`` with the per-layer rates of
+    :func:`lazylab.parametrize.make_optimizer`, on the one training loop (:func:`lazylab.training.run`,
+    data source ``NoData``); returns its ``History``. Cost: ``steps`` forward/backward passes on ``X``."""
+    from lazylab import training
+    from lazylab.training.optim import prebuilt
+
+    X, y = data
+    opt = make_optimizer(model, lr, optimizer)
+    return training.run(training.LoopState(model), training.NoData(),
+                        lambda st, _: (crit(st.model(X), y), None), prebuilt(opt), opt, steps,
+                        hooks=hooks, on_divergence=on_divergence)
+
+
 def _one_run(model: nn.Module, data: tuple[Tensor, Tensor], optimizer: str, lr: float, steps: int,
              loss: Any, width: int, seed: int) -> list[dict[str, Any]]:
     X, y = data

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lazylab.coord_check import check_widths, fit_exponent, record_layers
-from lazylab.parametrize import get_parametrization, make_optimizer, parametrize
+from lazylab.coord_check import check_widths, fit_exponent, full_batch_steps, record_layers
+from lazylab.parametrize import get_parametrization, parametrize
 from lazylab.trainer import loss_fn
 
 __all__ = ["regime_map", "RegimeMap", "MEASURES", "verdict"]
@@ -120,11 +120,7 @@ def _one(model: nn.Module, data: tuple[Tensor, Tensor], probe: Tensor, optimizer
          steps: int, loss: Any, ntk_method: str | None) -> list[tuple[str, str, float]]:
     W0, h0 = _weights(model), record_layers(model, probe)
     K0 = _kernels(model, probe, list(W0), ntk_method) if ntk_method else {}
-    opt, crit = make_optimizer(model, lr, optimizer), loss_fn(loss)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        crit(model(data[0]), data[1]).backward()
-        opt.step()
+    full_batch_steps(model, data, lr, optimizer, steps, loss_fn(loss))  # NaN/inf: trains on, NaN
     WT, hT = _weights(model), record_layers(model, probe)
     KT = _kernels(model, probe, list(W0), ntk_method) if ntk_method else {}
     out = []

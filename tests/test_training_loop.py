@@ -113,3 +113,41 @@ def test_optimizer_factories_refuse_bad_rates():
         training.sgd(0.0)
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         training.adam(float("nan"))
+
+
+def test_prebuilt_optimizer_with_per_layer_rates_matches_a_hand_written_loop():
+    """``optim.prebuilt`` runs an already built optimizer (here Adam with two groups of different
+    rates) on the loop; the weights equal those of a hand-written full-batch loop exactly."""
+    X, y = _data()
+
+    def groups(m):
+        return [{"params": m[0].parameters(), "lr": 0.01}, {"params": m[2].parameters(), "lr": 0.003}]
+
+    m, ref = _net(), _net()
+    opt = torch.optim.Adam(groups(m), lr=0.5)
+    h = training.run(training.LoopState(m), training.NoData(),
+                     lambda st, _: ((st.model(X) - y).pow(2).mean(), None), optim.prebuilt(opt),
+                     opt, 7)
+    ref_opt = torch.optim.Adam(groups(ref), lr=0.5)
+    for _ in range(7):
+        ref_opt.zero_grad(set_to_none=True)
+        (ref(X) - y).pow(2).mean().backward()
+        ref_opt.step()
+    assert h.steps == 7 and [g["lr"] for g in opt.param_groups] == [0.01, 0.003]
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))
+    with pytest.raises(TypeError, match="opt must be a torch.optim.Optimizer"):
+        optim.prebuilt(training.sgd(0.1))
+
+
+def test_on_divergence_continue_trains_on_and_a_bad_value_is_refused():
+    """``"continue"`` keeps stepping through a non-finite loss (the weights become NaN, as a
+    hand-written loop's would); an unknown ``on_divergence`` is refused by name."""
+    X, y = _data()
+    spec, m = training.sgd(0.1), _net()
+    h = training.run(training.LoopState(m), training.NoData(),
+                     lambda st, _: ((st.model(X) - y).pow(2).mean() * float("inf"), None), spec,
+                     spec.build(list(m.parameters())), 3, on_divergence="continue")
+    assert h.steps == 3 and h.stopped == "budget" and torch.isnan(m[0].weight).all()
+    with pytest.raises(ValueError, match="on_divergence must be"):
+        training.run(training.LoopState(m), training.NoData(), lambda st, _: (X.sum(), None), spec,
+                     spec.build(list(m.parameters())), 1, on_divergence="ignore")

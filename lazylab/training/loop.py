@@ -146,7 +146,7 @@ class _Run:
         st.model.train()
         self.opt.zero_grad(set_to_none=True)
         value, aux = self.objective(st, batch)
-        if not torch.isfinite(value):
+        if self.on_divergence != "continue" and not torch.isfinite(value):
             self.diverged(value, step)
         st.aux = aux
         self.calls("after_forward", st, value, aux)
@@ -211,8 +211,13 @@ def run(state: Any, source: Any, objective: Objective, optim: Optimizer,
     :class:`~lazylab.training.optim.Optimizer` spec whose schedule sets ``opt``'s rates each step;
     ``hooks``: see :mod:`lazylab.training.hooks`; ``track``: the steps recorded; ``on_divergence``:
     ``"raise"`` (:class:`DivergenceError`), ``"warn"`` or ``"stop"`` (return, ``stopped =
-    "diverged"``); ``progress``: an object with ``update(n)`` and ``close()`` (a tqdm bar).
+    "diverged"``), or ``"continue"`` (no check: the steps go on with the non-finite loss, for
+    measurements that report NaN for a diverged run); ``progress``: an object with
+    ``update(n)`` and ``close()`` (a tqdm bar).
     """
+    if on_divergence not in ("raise", "warn", "stop", "continue"):
+        raise ValueError("on_divergence must be 'raise', 'warn', 'stop' or 'continue', got "
+                         f"{on_divergence!r}")
     r = _Run(state, source, objective, optim, opt, total, hooks,
              history if history is not None else History(), on_divergence, label)
     state.optimizer, state.generator = opt, getattr(source, "generator", None)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Optimizer", "Schedule", "sgd", "adam", "constant", "inverse", "cosine", "absolute",
-           "multiply", "SCHEDULES", "OPTIMIZERS"]
+           "multiply", "prebuilt", "SCHEDULES", "OPTIMIZERS"]
 
 Schedule = Callable[[float, int, int, int], float]
 OPTIMIZERS = ("gd", "sgd", "adam")
@@ -110,3 +110,16 @@ def adam(lr: float, weight_decay: float = 0.0) -> Optimizer:
     lr = _check_lr(lr)
     return Optimizer(lambda gs, r: torch.optim.Adam(gs, lr=r, weight_decay=weight_decay), lr,
                      name="adam")
+
+
+def prebuilt(opt: torch.optim.Optimizer, schedule: Schedule | None = None) -> Optimizer:
+    """The spec of an already built torch optimizer (e.g. per-layer groups from
+    :func:`lazylab.parametrize.make_optimizer`): each group's current ``lr`` becomes its base rate,
+    ``schedule`` (default :func:`constant`) maps it to the rate of a step; ``build`` returns
+    ``opt`` itself. Cost: O(number of groups)."""
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"opt must be a torch.optim.Optimizer, got {type(opt).__name__}")
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    return Optimizer(lambda gs, r: opt, opt.param_groups[0]["lr"],
+                     constant() if schedule is None else schedule, type(opt).__name__.lower())

@@ -99,25 +99,33 @@ def full_batch_steps(model: nn.Module, data: tuple[Tensor, Tensor], lr: float, o
                         hooks=hooks, on_divergence=on_divergence)
 
 
+class _Record:
+    """Hook: the rows of every layer's activations on ``X`` at step 0 and after every step."""
+
+    def __init__(self, X: Tensor, roles: dict[str, str], width: int, seed: int) -> None:
+        self.X, self.roles, self.width, self.seed = X, roles, width, seed
+        self.rows: list[dict[str, Any]] = []
+        self.h0: dict[str, Tensor] = {}
+
+    def _add(self, t: int, ht: dict[str, Tensor]) -> None:
+        for k, h in ht.items():
+            self.rows.append({"width": self.width, "seed": self.seed, "step": t, "layer": k,
+                              "role": self.roles[k], "act_rms": h.pow(2).mean().sqrt().item(),
+                              "delta_rms": (h - self.h0[k]).pow(2).mean().sqrt().item()})
+
+    def start(self, state: Any) -> None:
+        self.h0 = record_layers(state.model, self.X)
+        self._add(0, self.h0)
+
+    def end_step(self, state: Any) -> None:
+        self._add(state.step, record_layers(state.model, self.X))
+
+
 def _one_run(model: nn.Module, data: tuple[Tensor, Tensor], optimizer: str, lr: float, steps: int,
              loss: Any, width: int, seed: int) -> list[dict[str, Any]]:
-    X, y = data
-    roles = {k: r for k, (_, r) in _layer_modules(model).items()}
-    opt = make_optimizer(model, lr, optimizer)
-    crit = loss_fn(loss)
-    h0 = record_layers(model, X)
-    rows = []
-    for t in range(steps + 1):
-        ht = h0 if t == 0 else record_layers(model, X)
-        for k, h in ht.items():
-            rows.append({"width": width, "seed": seed, "step": t, "layer": k, "role": roles[k],
-                         "act_rms": h.pow(2).mean().sqrt().item(),
-                         "delta_rms": (h - h0[k]).pow(2).mean().sqrt().item()})
-        if t < steps:
-            opt.zero_grad(set_to_none=True)
-            crit(model(X), y).backward()
-            opt.step()
-    return rows
+    rec = _Record(data[0], {k: r for k, (_, r) in _layer_modules(model).items()}, width, seed)
+    full_batch_steps(model, data, lr, optimizer, steps, loss_fn(loss), hooks=[rec])
+    return rec.rows
 
 
 def coord_check(

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lazylab.coord_check import check_widths
-from lazylab.parametrize import make_optimizer, parametrize
+from lazylab.coord_check import check_widths, full_batch_steps
+from lazylab.parametrize import parametrize
 from lazylab.trainer import loss_fn
 
 __all__ = ["lr_sweep", "optimal_lrs"]
@@ -25,14 +25,10 @@ __all__ = ["lr_sweep", "optimal_lrs"]
 
 def _final_loss(model: nn.Module, X: Tensor, y: Tensor, lr: float, optimizer: str, steps: int,
                 crit: Any) -> float:
-    opt = make_optimizer(model, lr, optimizer)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        value = crit(model(X), y)
-        if not torch.isfinite(value):
-            return math.inf
-        value.backward()
-        opt.step()
+    """Final full-batch loss after ``steps`` steps on the one loop; ``inf`` once a loss is NaN/inf."""
+    h = full_batch_steps(model, (X, y), lr, optimizer, steps, crit, on_divergence="stop")
+    if h.stopped == "diverged":
+        return math.inf
     with torch.no_grad():
         v = float(crit(model(X), y))
     return v if math.isfinite(v) else math.inf

@@ -9,7 +9,8 @@ R^d (d = 100), ReLU teacher with m0 = 3 unit-norm units and output weights ±1. 
 fit the teacher's infinitely many constraints exactly: the under-parameterized case of Thm 2.5.
 Step ``min(c / tau^2, cap)`` (code: c = 0.25, cap = 25) on the gradient of
 ``(1/2) mean (f - y)^2``, the input weights' gradient multiplied by d (as the code; its other
-normalizations were not found: we use none). Population loss
+normalizations were not found: we use none): SGD on the one training loop with rate ``lr * d``
+for the input weights' group. Population loss
 ``(1/2) E (f - y)^2`` on ``n_pop`` (2000) fixed fresh points, tracked along training.
 
 Paper (read off Fig 2(b), docs/papers.md §1.2): population loss ≈ 0 for tau <= 0.15, clearly above 0
@@ -52,8 +53,10 @@ def run_cell(cfg: ChizatUnderparamConfig, ctx: RunContext) -> list[dict]:
     """Online SGD at one (tau, trial); records at log-spaced steps (population loss)."""
     import torch
 
+    from lazylab import training
     from lazylab.data.synthetic import sphere, teacher_two_layer
     from lazylab.lab.experiments._chizat_common import chizat_net
+    from lazylab.training.optim import prebuilt
 
     if cfg.steps < 0 or cfg.batch < 1 or cfg.n_pop < 1:
         raise ValueError(f"need steps >= 0, batch >= 1, n_pop >= 1; got {cfg}")
@@ -72,24 +75,32 @@ def run_cell(cfg: ChizatUnderparamConfig, ctx: RunContext) -> list[dict]:
     def f(x):
         return (torch.relu(x @ B.T) @ a.T).squeeze(1) / cfg.m
 
-    recs = []
-    for t in range(cfg.steps + 1):
-        if t in track:
+    def sample(gen):
+        x = sphere(cfg.batch, cfg.d, seed=gen, dtype=torch.float64).to(ctx.device)
+        return x, f_star(x)
+
+    class Population(training.Hook):
+        """Population loss at the tracked steps; a non-finite one ends the run after its record."""
+
+        finite = True
+
+        def record(self, state) -> dict:
             with torch.no_grad():
                 pop = float(0.5 * (f(Xp) - yp).pow(2).mean())
-            recs.append({"step": t, "pop_loss": pop, "pop_loss_rel": pop / zero, "zero_loss": zero,
-                         "lr": lr})
-            if not math.isfinite(pop):
-                break
-        if t == cfg.steps:
-            break
-        x = sphere(cfg.batch, cfg.d, seed=stream, dtype=torch.float64).to(ctx.device)
-        loss = 0.5 * (f(x) - f_star(x)).pow(2).mean()
-        gB, ga = torch.autograd.grad(loss, (B, a))
-        with torch.no_grad():
-            B.sub_(lr * cfg.d * gB)
-            a.sub_(lr * ga)
-    return recs
+            self.finite = math.isfinite(pop)
+            return {"pop_loss": pop, "pop_loss_rel": pop / zero, "zero_loss": zero, "lr": lr}
+
+        def batches(self, state, it):
+            if not self.finite:
+                raise training.Stop("non-finite population loss")
+            return it
+
+    # SGD, the input weights' gradient times d: their group's rate is lr * d
+    opt = torch.optim.SGD([{"params": [B], "lr": lr * cfg.d}, {"params": [a], "lr": lr}], lr=lr)
+    h = training.run(training.LoopState(net), training.Stream(sample, stream),
+                     lambda st, b: (0.5 * (f(b[0]) - b[1]).pow(2).mean(), None), prebuilt(opt), opt,
+                     cfg.steps, hooks=[Population()], track=track, on_divergence="continue")
+    return h.records
 
 
 def _claims(last, base: ChizatUnderparamConfig, metrics: dict) -> list[Check]:

@@ -28,49 +28,18 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lazylab.ntk import ntk  # noqa: E402
+from lazylab.transformer import CausalDecoder  # noqa: E402
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm causal self-attention block (``F.scaled_dot_product_attention``) + MLP."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.ln1(x)
-        q, k, v = (m(h).reshape(b, t, self.heads, -1).transpose(1, 2)
-                   for m in (self.q, self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-
-class Decoder(nn.Module):
-    """Decoder-only transformer on token ids ``(N, T)`` -> one output per sequence ``(N, out)``."""
-
-    def __init__(self, vocab: int = 512, d: int = 64, layers: int = 2, heads: int = 4,
-                 max_len: int = 64, out: int = 1) -> None:
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
-        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, out)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.tok(ids) + self.pos(pos[None])  # batch-1 call, as GPT-2
-        for blk in self.blocks:
-            x = blk(x)
-        return self.head(self.ln(x[:, -1]))
+def Decoder(vocab: int = 512, d: int = 64, layers: int = 2, heads: int = 4, max_len: int = 64,
+            out: int = 1) -> nn.Module:
+    """Decoder-only transformer on token ids ``(N, T)`` -> ``(N, out)``
+    (:class:`lazylab.transformer.CausalDecoder`)."""
+    return CausalDecoder(vocab, d, layers=layers, heads=heads, max_len=max_len, out=out)
 
 
 class GPT2Head(nn.Module):

@@ -73,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "regime_map": "lazylab.regime_map",
     "RegimeMap": "lazylab.regime_map",
     "TinyTransformer": "lazylab.transformer",
+    "CausalDecoder": "lazylab.transformer",
     "lr_sweep": "lazylab.transfer",
     "DepartureTime": "lazylab.transitions",
     "Catapult": "lazylab.transitions",

@@ -1,4 +1,5 @@
-"""A small transformer encoder for width sweeps (coordinate checks, regime maps).
+"""Small transformers: an encoder for width sweeps (coordinate checks, regime maps) and a
+decoder-only model on token ids (NTK benchmarks and tests).
 
 ``TinyTransformer(d_in, width, ...)``: inputs ``(N, T, d_in)`` (a sequence of ``T`` vectors) ->
 ``Linear(d_in, width)`` embedding plus a learned positional embedding -> ``depth`` pre-norm
@@ -8,14 +9,21 @@ dropout 0, so train and eval modes compute the same function) -> mean over posit
 ``Linear(width, out_dim)``. Output ``(N, out_dim)``, or ``(N,)`` when ``out_dim == 1``.
 
 Cost: ``O(N T width (d_in + 12 width + T))`` per forward and block.
+
+``CausalDecoder(vocab, d, ...)``: token ids ``(N, T)`` -> token embedding + position embedding
+(called on a batch of one, broadcast over the batch, as GPT-2 does) -> ``layers`` pre-LayerNorm
+blocks (causal self-attention by ``F.scaled_dot_product_attention`` with separate ``q, k, v, o``
+Linears, then an MLP ``d -> mlp_ratio d -> d`` with GELU) -> LayerNorm of the last position ->
+``Linear(d, out)``. Output ``(N, out)``. Cost per block: ``O(N T d (4 d + 2 mlp_ratio d + T))``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TinyTransformer"]
+__all__ = ["TinyTransformer", "CausalBlock", "CausalDecoder"]
 
 
 class TinyTransformer(nn.Module):
@@ -46,3 +54,48 @@ class TinyTransformer(nn.Module):
         h = self.encoder(self.embed(x) + pos)
         out = self.out(h.mean(1))
         return out[:, 0] if self.out_dim == 1 else out
+
+
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm causal self-attention block + MLP on ``(N, T, d)`` (see the module docstring)."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d ({d}) must be a multiple of heads ({heads})")
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(d, mlp_ratio * d), nn.Linear(mlp_ratio * d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (m(h).reshape(b, t, self.heads, -1).transpose(1, 2)
+                   for m in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class CausalDecoder(nn.Module):
+    """Decoder-only transformer on token ids ``(N, T)`` -> ``(N, out)`` (see the module docstring).
+    Layers: ``tok``, ``pos`` (``max_len`` positions), ``blocks``, ``ln``, ``head``."""
+
+    def __init__(self, vocab: int, d: int, *, layers: int = 1, heads: int = 2, max_len: int = 64,
+                 out: int = 1, mlp_ratio: int = 4, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d, padding_idx=padding_idx)
+        self.pos = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(CausalBlock(d, heads, mlp_ratio) for _ in range(layers))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, out)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2 or ids.shape[1] > self.pos.num_embeddings:
+            raise ValueError(f"CausalDecoder: ids must have shape (N, T) with T <= "
+                             f"{self.pos.num_embeddings}, got {tuple(ids.shape)}")
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.tok(ids) + self.pos(pos[None])  # a batch-1 call broadcast over the batch
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln(x[:, -1]))

@@ -11,13 +11,13 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lazylab.ntk import ntk
 from lazylab.ntk.problem import build_problem
 from lazylab.ntk.structured import StructuredEngine, clear_plans
 from lazylab.ntk.structured import engine as st_engine
+from lazylab.transformer import CausalDecoder
 
 F64 = torch.float64
 
@@ -69,38 +69,9 @@ def _kinds(st: StructuredEngine) -> set[str]:
 
 # ---- models --------------------------------------------------------------------------------
 
-class Block(nn.Module):
-    """Pre-LN causal attention block written with F.scaled_dot_product_attention."""
-
-    def __init__(self, d: int, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.ln1(x)
-        q, k, v = (m(h).reshape(b, t, self.heads, -1).transpose(1, 2)
-                   for m in (self.q, self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
-
-
-class Decoder(nn.Module):
-    def __init__(self, vocab: int = 11, d: int = 8, out: int = 3, pad: int | None = None) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(vocab, d, padding_idx=pad)
-        self.pos = nn.Embedding(16, d)
-        self.block = Block(d)
-        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, out)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.tok(ids) + self.pos(pos[None])  # a batch-1 call broadcast over the batch
-        return self.head(self.ln(self.block(x))[:, -1])
+def Decoder(pad: int | None = None) -> nn.Module:
+    """One causal block, MLP ratio 2, 11 tokens, 16 positions, 3 outputs."""
+    return CausalDecoder(11, 8, layers=1, heads=2, max_len=16, out=3, mlp_ratio=2, padding_idx=pad)
 
 
 class BagOfTokens(nn.Module):

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 import lazylab
-from lazylab.ntk import tile_jobs
+from lazylab.ntk import api as ntk_api
+from lazylab.ntk import distributed as ntk_dask
+from lazylab.ntk import out_of_core, tile_jobs
 
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -60,6 +62,44 @@ def test_dask_into_file(client, tmp_path):
     net, x = _mlp(), _x(30)
     k = lazylab.ntk(net, x, client=client, out=tmp_path / "k.npy", block_size=7)
     assert (k - lazylab.ntk(net, x)).abs().max() < 1e-12
+
+
+def test_workers_write_tiles_in_place(client, monkeypatch):
+    """An in-RAM kernel on local workers: each tile is written by its worker into a /dev/shm file
+    the client maps; the client receives no tile, and the file is unlinked once returned."""
+    shipped, marked, paths = [], [], []
+    real_init = out_of_core.ShmSink.__init__
+
+    def init(self, *a):
+        real_init(self, *a)
+        paths.append(self.path)
+
+    monkeypatch.setattr(out_of_core.ShmSink, "__init__", init)
+    monkeypatch.setattr(out_of_core.ShmSink, "write", lambda self, i, j, b: shipped.append((i, j)))
+    real_mark = out_of_core.ShmSink.mark
+    monkeypatch.setattr(out_of_core.ShmSink, "mark",
+                        lambda self, i, j: (marked.append((i, j)), real_mark(self, i, j)))
+    net, x = _mlp(), _x(40)
+    k = lazylab.ntk(net, x, client=client, block_size=10)
+    assert shipped == [] and sorted(marked) == tile_jobs.TilePlan(40, 40, 10, True, "trace", 1,
+                                                                   torch.float64).pairs
+    assert (k - lazylab.ntk(net, x)).abs().max() < 1e-12 and torch.equal(k, k.T)
+    assert len(paths) == 1 and not paths[0].exists()
+
+
+def test_worker_that_cannot_see_the_file_returns_the_tile(tmp_path):
+    """A worker elsewhere (file not visible, or a same-named file of another run) ships the tile."""
+    net, x = _mlp(), _x(12)
+    plan = tile_jobs.TilePlan(12, 12, 6, True, "trace", 1, torch.float64)
+    store = out_of_core.TileStore(tmp_path / "k.npy", plan, "f")
+    other = out_of_core.TileFile(store.path, plan, writer="another-run")
+    assert store.file.visible() and not other.visible()
+    problem = ntk_api._checked_problem(net, None, None, None, None, "auto")
+    eng = ntk_api._engine("jacobian", problem, "trace", None)
+    i, j, blk = ntk_dask._tile_task(eng, x, x, plan, 1, 0, "tok", other)
+    assert (i, j) == (1, 0) and (blk - lazylab.ntk(net, x)[6:, :6]).abs().max() < 1e-12
+    assert ntk_dask._tile_task(eng, x, x, plan, 1, 0, "tok", store.file)[2] is None
+    ntk_dask._drop("tok")
 
 
 def test_model_and_inputs_are_scattered_once(client, monkeypatch):
@@ -119,13 +159,13 @@ def test_killed_worker_costs_only_its_tiles(client, monkeypatch):
     net, x = SlowNet(), _x(32)
     ref = lazylab.ntk(net.net, x)
     first = threading.Event()
-    real_write = tile_jobs.MemorySink.write
+    real_mark = out_of_core.ShmSink.mark
 
-    def write(self, *a):
-        real_write(self, *a)
+    def mark(self, *a):
+        real_mark(self, *a)
         first.set()
 
-    monkeypatch.setattr(tile_jobs.MemorySink, "write", write)
+    monkeypatch.setattr(out_of_core.ShmSink, "mark", mark)
     result = {}
 
     def run():

@@ -5,9 +5,13 @@ The engine (model, parameters, method state) and the inputs are sent to the work
 data). Each tile pair ``(i, j)`` is one task reading those scattered objects; tasks keep the tile
 features they prepare in a per-worker :class:`~lazylab.ntk.tile_jobs.FeatureCache` (at most 1 GiB
 per worker, dropped at the end) and run a per-worker copy of the engine, so a worker prepares a row
-or column tile at most once while it fits. The client gathers tiles as they finish
-(``as_completed``) and writes them into a tensor or an ``out=`` file, where finished tiles are
-recorded (resumable). A worker that dies mid-run costs only the tiles it was computing or holding:
+or column tile at most once while it fits. A worker that sees the result's file (the ``out=`` file,
+or for an in-RAM kernel a ``/dev/shm`` file the client maps: workers on the client's machine)
+writes its tiles into it and returns only their indices; others return the tile and the client
+writes it. The client records finished tiles as they arrive (``as_completed``; resumable for
+``out=``). On this 2-core machine the client's receiving and copying of 25 MB tiles took CPU from
+the two workers; writing in place removes it (benchmarks/bench_ntk_dask.py).
+A worker that dies mid-run costs only the tiles it was computing or holding:
 the scheduler reruns those tasks on the remaining or restarted workers (Dask's
 ``distributed.scheduler.allowed-failures``, default 3, bounds the reruns of one task).
 
@@ -50,10 +54,15 @@ def _drop(token: str) -> None:
 
 
 def _tile_task(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan, i: int, j: int,
-               token: str) -> tuple[int, int, Tensor]:
-    """One tile on a worker: ``(i, j, K[rows[i], cols[j]])`` on CPU."""
+               token: str, target: object | None) -> tuple[int, int, Tensor | None]:
+    """One tile on a worker: written into ``target`` (a :class:`~lazylab.ntk.out_of_core.TileFile`)
+    when this worker sees that file -> ``(i, j, None)``; else ``(i, j, K[rows[i], cols[j]])``."""
     mine, cache = _local(token, engine)
-    return i, j, compute_tile(mine, x1, x2, plan, i, j, cache).cpu()
+    blk = compute_tile(mine, x1, x2, plan, i, j, cache).cpu()
+    if target is not None and target.visible():
+        target.put(i, j, blk)
+        return i, j, None
+    return i, j, blk
 
 
 def local_cluster(workers: int) -> tuple[object, object]:
@@ -112,14 +121,18 @@ def run_on_dask(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan,
     try:
         e_f, x1_f = c.scatter([engine, x1], broadcast=True, hash=False)
         x2_f = x1_f if plan.symmetric else c.scatter(x2, broadcast=True, hash=False)
+        target = getattr(sink, "file", None)
         for i, j in todo:
-            f = c.submit(_tile_task, e_f, x1_f, x2_f, plan, i, j, token, pure=False,
+            f = c.submit(_tile_task, e_f, x1_f, x2_f, plan, i, j, token, target, pure=False,
                          key=f"lazylab-ntk-{token}-{i}-{j}")
             pending[f.key] = f
         done = as_completed(list(pending.values()))
         for fut in done:
             i, j, blk = fut.result()
-            sink.write(i, j, blk)
+            if blk is None:  # the worker wrote it into the sink's file
+                sink.mark(i, j)
+            else:
+                sink.write(i, j, blk)
             del pending[fut.key], fut, blk  # the tile is freed on the worker
             if bar is not None:
                 bar.update(1)

@@ -23,6 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +62,107 @@ def _np_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty((), dtype=dtype).numpy().dtype
 
 
+class TileFile:
+    """Where the tiles of ``plan`` go in the ``.npy`` file ``path``; small and picklable.
+
+    ``put(i, j, tile)`` writes a tile (and its mirror for a symmetric kernel) through a memory map
+    of its row band only, then ``flush``-es (msync) and unmaps: resident memory holds one tile.
+    Dask workers that see the same file write their tiles themselves (:meth:`visible`), so the
+    client neither receives nor copies them. ``writer``: a nonce that must match the ``writer`` of
+    the file's tile record, so a worker on another machine never writes into a different file that
+    happens to have the same path (empty: no record to check, the path itself is unique).
+    """
+
+    def __init__(self, path: Path, plan: TilePlan, writer: str = "") -> None:
+        self.path, self.plan, self.writer = Path(path), plan, writer
+        self.offset = np.load(self.path, mmap_mode="r").offset
+        self.np_dtype = _np_dtype(plan.dtype)
+
+    def visible(self) -> bool:
+        """Whether this process sees the file (and, with a ``writer``, the same record)."""
+        if not self.path.exists():
+            return False
+        if not self.writer:
+            return True
+        try:
+            return json.loads(record_path(self.path).read_text()).get("writer") == self.writer
+        except (OSError, ValueError):
+            return False
+
+    def _put(self, rows: slice, cols: slice, arr: np.ndarray) -> None:
+        shape = self.plan.shape
+        row_bytes = int(np.prod(shape[1:])) * self.np_dtype.itemsize
+        band = np.memmap(self.path, dtype=self.np_dtype, mode="r+",
+                         offset=self.offset + rows.start * row_bytes,
+                         shape=(rows.stop - rows.start, *shape[1:]))
+        band[:, cols] = arr
+        band.flush()
+        del band
+
+    def put(self, i: int, j: int, blk: Tensor) -> None:
+        p = self.plan
+        blk = blk.detach().to("cpu", p.dtype)
+        self._put(p.rows[i], p.cols[j], blk.numpy())
+        if p.symmetric and i != j:
+            self._put(p.cols[j], p.rows[i], _transpose(blk, p.output).numpy())
+
+
+def shm_dir(nbytes: int) -> str | None:
+    """A RAM-backed directory (``/dev/shm``) with room for ``nbytes`` (+10 %), else None."""
+    for d in ("/dev/shm",):
+        try:
+            if os.access(d, os.W_OK) and shutil.disk_usage(d).free > 1.1 * nbytes:
+                return d
+        except OSError:
+            pass
+    return None
+
+
+class ShmSink:
+    """The in-RAM kernel of a Dask run: a ``.npy`` in a RAM-backed directory that workers on this
+    machine write into (:class:`TileFile`), returned as a tensor over it (no copy, no transfer).
+
+    The file's space is reserved up front (``posix_fallocate``: a full tmpfs raises here, not a
+    SIGBUS later) and the file is unlinked by :meth:`result`/:meth:`close`; the memory lives as long
+    as the returned tensor. Tiles from workers that do not see the file arrive by ``write``.
+    """
+
+    def __init__(self, plan: TilePlan, directory: str) -> None:
+        fd, name = tempfile.mkstemp(prefix="lazylab-ntk-", suffix=".npy", dir=directory)
+        os.close(fd)
+        self.path, self.plan, self.done = Path(name), plan, set()
+        try:
+            self.array = open_memmap(self.path, mode="w+", dtype=_np_dtype(plan.dtype),
+                                     shape=plan.shape)
+            with open(self.path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(self.path))
+            self.file = TileFile(self.path, plan)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, i: int, j: int, blk: Tensor) -> None:
+        self.file.put(i, j, blk)
+        self.done.add((i, j))
+
+    def mark(self, i: int, j: int) -> None:
+        self.done.add((i, j))
+
+    def result(self) -> Tensor:
+        self.close()
+        return torch.from_numpy(self.array)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class TileStore:
     """A ``.npy`` kernel file plus its record of finished tiles (see the module docstring).
 
     ``done``: set of finished tile pairs ``(i, j)``; ``plan``: the tiling in force (taken from the
     record when resuming); ``write(i, j, tile)`` puts a tile (and its mirror for a symmetric
-    kernel) on disk and records it; ``result()`` is a tensor over the memory-mapped file.
+    kernel) on disk and records it; ``mark(i, j)`` records a tile a Dask worker wrote through
+    ``file`` (a :class:`TileFile`); ``result()`` is a tensor over the memory-mapped file.
     """
 
     def __init__(self, path: str | os.PathLike, plan: TilePlan, print_: str) -> None:
@@ -73,6 +171,7 @@ class TileStore:
         self.path, self.record = Path(path), record_path(path)
         self.meta = {"shape": list(plan.shape), "dtype": str(plan.dtype), "output": plan.output,
                      "symmetric": plan.symmetric, "fingerprint": print_}
+        self.writer = ""
         if self.record.exists():
             self._resume(plan)
         else:
@@ -83,9 +182,9 @@ class TileStore:
             mm = open_memmap(self.path, mode="w+", dtype=_np_dtype(plan.dtype), shape=plan.shape)
             del mm
             self.plan, self.done = plan, set()
-            self._save()
-        self.offset = np.load(self.path, mmap_mode="r").offset
-        self.np_dtype = _np_dtype(self.plan.dtype)
+        self.writer = uuid.uuid4().hex  # lets a Dask worker check that it sees this very file
+        self._save()
+        self.file = TileFile(self.path, self.plan, writer=self.writer)
 
     def _resume(self, plan: TilePlan) -> None:
         rec = json.loads(self.record.read_text())
@@ -102,7 +201,7 @@ class TileStore:
         self.done = {tuple(p) for p in rec["done"]}
 
     def _save(self) -> None:
-        rec = {**self.meta, "block": self.plan.b, "done": sorted(self.done)}
+        rec = {**self.meta, "block": self.plan.b, "writer": self.writer, "done": sorted(self.done)}
         tmp = self.record.with_name(self.record.name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(rec, f)
@@ -110,25 +209,18 @@ class TileStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.record)
 
-    def _put(self, rows: slice, cols: slice, arr: np.ndarray) -> None:
-        """Write ``arr`` into ``K[rows, cols]`` through a map of the row band only; msync."""
-        shape = self.plan.shape
-        row_bytes = int(np.prod(shape[1:])) * self.np_dtype.itemsize
-        band = np.memmap(self.path, dtype=self.np_dtype, mode="r+",
-                         offset=self.offset + rows.start * row_bytes,
-                         shape=(rows.stop - rows.start, *shape[1:]))
-        band[:, cols] = arr
-        band.flush()
-        del band
-
     def write(self, i: int, j: int, blk: Tensor) -> None:
-        p = self.plan
-        blk = blk.detach().to("cpu", p.dtype)
-        self._put(p.rows[i], p.cols[j], blk.numpy())
-        if p.symmetric and i != j:
-            self._put(p.cols[j], p.rows[i], _transpose(blk, p.output).numpy())
+        """Put a tile (and its mirror) on disk, then record it."""
+        self.file.put(i, j, blk)
+        self.mark(i, j)
+
+    def mark(self, i: int, j: int) -> None:
+        """Record tile ``(i, j)`` as finished (its data is already flushed, e.g. by a worker)."""
         self.done.add((i, j))
         self._save()
+
+    def close(self) -> None:
+        pass
 
     def result(self) -> Tensor:
         """The finished kernel as a tensor over the memory-mapped file (no copy in RAM)."""
@@ -149,4 +241,4 @@ def open_kernel(path: str | os.PathLike, writable: bool = False) -> np.memmap:
     return np.load(path, mmap_mode="r+" if writable else "r")
 
 
-__all__ = ["TileStore", "open_kernel", "fingerprint", "record_path"]
+__all__ = ["TileStore", "TileFile", "ShmSink", "shm_dir", "open_kernel", "fingerprint", "record_path"]

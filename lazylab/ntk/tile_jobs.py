@@ -3,8 +3,10 @@
 ``ntk(..., out=PATH)`` and ``ntk(..., client=...)`` land here. The kernel ``x1 x x2`` is cut into
 ``b x b`` tiles (only the lower triangle ``j <= i`` when ``x2`` is None); each tile pair ``(i, j)``
 is one job ``K[r_i, c_j] = block(prepare(x1[r_i]), prepare(x2[c_j]))`` whose result is written by a
-*sink*: :class:`MemorySink` (a tensor) or :class:`lazylab.ntk.out_of_core.TileStore` (a ``.npy``
-file with a record of finished tiles). Jobs already recorded as finished are skipped, so an
+*sink*: :class:`MemorySink` (a tensor), :class:`lazylab.ntk.out_of_core.TileStore` (a ``.npy``
+file with a record of finished tiles) or, for an in-RAM kernel computed on Dask,
+:class:`lazylab.ntk.out_of_core.ShmSink` (a file in ``/dev/shm`` that workers on this machine write
+into themselves, so tiles never travel to the client). Jobs already recorded as finished are skipped, so an
 interrupted ``out=`` run resumes. Tile features are cached (:class:`FeatureCache`, at most
 ``MEMORY_BUDGET`` bytes) so a row or column tile is prepared once while it fits.
 """
@@ -130,6 +132,23 @@ class MemorySink:
     def result(self) -> Tensor:
         return self.out
 
+    def close(self) -> None:
+        pass
+
+
+def _sink(plan: TilePlan, engine: object, x1: Tensor, x2: Tensor, device: torch.device,
+          out: object | None, client: object | None) -> object:
+    """Where tiles go: ``out``'s file, else (Dask, CPU) a RAM-backed file the workers write into,
+    else a tensor."""
+    from lazylab.ntk import out_of_core as ooc
+    if out is not None:
+        return ooc.TileStore(out, plan, ooc.fingerprint(engine, x1, None if plan.symmetric else x2))
+    if client is not None and device.type == "cpu":
+        directory = ooc.shm_dir(math.prod(plan.shape) * (torch.finfo(plan.dtype).bits // 8))
+        if directory is not None:
+            return ooc.ShmSink(plan, directory)
+    return MemorySink(plan, device)
+
 
 def run_tiles(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o: int, output: str,
               dtype: torch.dtype, device: torch.device, progress: bool | None, *,
@@ -139,13 +158,9 @@ def run_tiles(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o
     With ``out`` an existing record fixes the tiling (its ``b`` replaces the given one), so a
     resumed run computes exactly the missing tiles.
     """
-    plan = TilePlan(x1.shape[0], x2.shape[0], b, symmetric, output, o, dtype)
-    if out is not None:
-        from lazylab.ntk.out_of_core import TileStore, fingerprint
-        sink = TileStore(out, plan, fingerprint(engine, x1, None if symmetric else x2))
-        plan = sink.plan
-    else:
-        sink = MemorySink(plan, device)
+    sink = _sink(TilePlan(x1.shape[0], x2.shape[0], b, symmetric, output, o, dtype), engine,
+                 x1, x2, device, out, client)
+    plan = sink.plan
     todo = [p for p in plan.pairs if p not in sink.done]
     bar = None
     if progress or (progress is None and len(todo) > 16):
@@ -161,6 +176,9 @@ def run_tiles(engine: object, x1: Tensor, x2: Tensor, symmetric: bool, b: int, o
         else:
             from lazylab.ntk.distributed import run_on_dask
             run_on_dask(engine, x1, x2, plan, todo, sink, client, bar)
+    except BaseException:
+        sink.close()
+        raise
     finally:
         if bar is not None:
             bar.close()

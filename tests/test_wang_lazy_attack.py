@@ -173,6 +173,23 @@ def test_radius_claim_fails_without_training():
     assert not rise.passed and abs(rise.value) < 0.2
 
 
+def test_non_decreasing_claim_fails_on_flipped_labels():
+    """Negative control of 'robust accuracy non-decreasing in the radius': adversarial training on
+    flipped labels (-y). The further the net may move, the better it learns the wrong rule, so the
+    robust accuracy on the true labels falls with the radius (measured: 0.34 -> 0.04 -> 0.06 over
+    radii 0.03, 0.3, 3; the same run on the true labels: 0.29 -> 0.31 -> 0.47, drop 0)."""
+    cfg = WangConfig(dataset="digits", d=16, width=200, gap_d=16, gap_width=200, epochs=1,
+                     epochs_gap=20, radii=(0.03, 0.3, 3.0), eval_attack_steps=10, n_train=200,
+                     n_test=100, gap_labels="flipped")
+    rows = [{**r, "seed": s, "dataset": "digits", "d": 16, "width": 200} for s in (0, 1, 2)
+            for r in run_cell(WangConfig(**{**cfg.__dict__, "seed": s}), RunContext(progress=False))]
+    rep = report(pd.DataFrame(rows), WangConfig())
+    c = {x.name.split(" (")[0]: x for x in rep.checks}
+    drop = c["robust accuracy non-decreasing in the radius"]
+    assert not drop.passed and drop.value > 0.1
+    assert not c["robust accuracy rises with the allowed radius"].passed
+
+
 @pytest.mark.slow
 def test_walk_claims_fail_on_adversarially_trained_nets():
     """Negative control named by Wang et al.'s claim: nets adversarially trained far outside the

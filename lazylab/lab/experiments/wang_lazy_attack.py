@@ -67,6 +67,7 @@ class WangConfig:
     train: str = "lazy"              # part 1: "lazy" (the paper) | "adversarial" (negative control:
     eps_train: float = 0.4           # L2 PGD training, no lazy ball, radius eps_train * ||x||)
     min_acc: float = 0.9             # report: claims need nets that learned (test acc >= this)
+    gap_labels: str = "true"         # part 2: "true" | "flipped" (negative control: -y)
 
     RULES: ClassVar[dict[str, Rule]] = {
         "dataset": one_of("synthetic", "digits", "mnist"), "data_dir": mnist_dir(),
@@ -75,7 +76,7 @@ class WangConfig:
         "step": POSITIVE, "max_steps": POSITIVE, "gap_d": POSITIVE, "gap_width": POSITIVE,
         "radii": Rule(gt=0, each=True), "eps": NONNEG, "epochs_gap": POSITIVE,
         "lr_gap": POSITIVE, "batch_size_gap": POSITIVE, "attack_steps": POSITIVE,
-        "eval_attack_steps": POSITIVE}
+        "eval_attack_steps": POSITIVE, "gap_labels": one_of("true", "flipped")}
 
 
 def wang_net(d: int, m: int, seed: int):
@@ -196,12 +197,13 @@ def run_cell(cfg: WangConfig, ctx: RunContext) -> list[dict]:
     }]
     if cfg.dataset != "synthetic" and cfg.d == cfg.gap_d and cfg.width == cfg.gap_width:
         Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        y_gap = y if cfg.gap_labels == "true" else -y  # flipped: the further, the more wrong
         Xtn = (Xt / Xt.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(dev)
         for r in cfg.radii:
             net_r = wang_net(cfg.d, cfg.width, cfg.seed).to(dev)
             ball_r = NeuronBall(net_r.hidden, r)
             if cfg.epochs_gap > 0:
-                adversarial_train(net_r, (Xn, y), epochs=cfg.epochs_gap, lr=cfg.lr_gap,
+                adversarial_train(net_r, (Xn, y_gap), epochs=cfg.epochs_gap, lr=cfg.lr_gap,
                                   batch_size=cfg.batch_size_gap, mode="adversarial", eps=cfg.eps,
                                   norm="l2", attack_steps=cfg.attack_steps, clip=(0.0, 1.0),
                                   ball=ball_r, ball_mode="project", seed=cfg.seed, device=dev)

@@ -5,12 +5,13 @@ The traced float32 NTK ``K(X, X)`` of MLP 784-512-512-1 on ``N`` random inputs (
 ``lazylab.ntk(model, x, client=c)`` on a fresh ``LocalCluster`` of 1 and of 2 single-threaded
 workers (default tiles: ``N / 4`` per side, 10 tile tasks). Cluster start-up and the workers' first
 import of torch are excluded (a small warm-up call); scattering the model and inputs is included.
-Printed: seconds, speed-up over in-process, the 2-over-1-worker ratio, the largest relative
-difference from the in-process kernel, and the ceiling for that ratio on this machine: two
-independent processes computing half the rows each, at once, over one of them alone (the cores
-share memory bandwidth and cache, so this is below 2).
+Printed: seconds (median of ``--repeat`` calls, default 3: the VM's cores are shared with other
+machines, single calls vary by +-10 %), speed-up over in-process, the 2-over-1-worker ratio, the
+largest relative difference from the in-process kernel, and the ceiling for that ratio on this
+machine: two independent processes computing half the rows each, at once, over one of them alone
+(the cores share memory bandwidth and cache, so this is below 2).
 
-Usage: ``python benchmarks/bench_ntk_dask.py [--n 10000] [--block B]``.
+Usage: ``python benchmarks/bench_ntk_dask.py [--n 10000] [--block B] [--repeat 3]``.
 """
 
 from __future__ import annotations
@@ -59,26 +60,36 @@ def ceiling(n: int) -> float:
     return 2 * times[0] / times[1]
 
 
+def _timed(call: object, repeat: int) -> tuple[float, torch.Tensor]:
+    """Median wall time of ``repeat`` calls, and the last result (earlier ones freed first)."""
+    times, out = [], None
+    for _ in range(repeat):
+        out = None
+        t = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2], out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--block", type=int, default=None, help="tile side (default: N / 4)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3, help="timed calls per row; the median is shown")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, x = lazylab.MLP([784, 512, 512, 1]), torch.randn(args.n, 784)
 
-    t = time.perf_counter()
-    ref = lazylab.ntk(model, x, progress=False)
-    rows = [("in-process (1 thread)", time.perf_counter() - t, 0.0)]
+    sec, ref = _timed(lambda: lazylab.ntk(model, x, progress=False), args.repeat)
+    rows = [("in-process (1 thread)", sec, 0.0)]
     for w in args.workers:
         c, cluster = local_cluster(w)
         try:
             lazylab.ntk(model, x[:64], client=c, progress=False)  # workers import torch, lazylab
-            t = time.perf_counter()
-            k = lazylab.ntk(model, x, client=c, block_size=args.block, progress=False)
-            sec = time.perf_counter() - t
+            sec, k = _timed(lambda c=c: lazylab.ntk(model, x, client=c, block_size=args.block,
+                                                    progress=False), args.repeat)
         finally:
             c.close()
             cluster.close()

@@ -188,3 +188,10 @@ def test_killed_worker_costs_only_its_tiles(client, monkeypatch):
     print(f"tile tasks run for 36 tiles with one worker killed: {len(runs)}")
     assert 36 <= len(runs) <= 36 + 6
 
+
+
+def test_tile_tasks_prefer_contiguous_runs_per_worker(client):
+    """Row-major tile tasks go to workers in contiguous equal runs (fewer row tiles per worker)."""
+    where = ntk_dask._placement(client, 10)
+    names = [w[0] for w in where]
+    assert names[:5] == [names[0]] * 5 and names[5:] == [names[5]] * 5 and names[0] != names[5]

@@ -110,6 +110,16 @@ def connect(client: object) -> tuple[object, list[object]]:
                     f"local workers, got {client!r}")
 
 
+def _placement(c: object, n: int) -> list[list[str] | None]:
+    """Preferred worker of each of ``n`` tile tasks (in row-major order): contiguous runs of equal
+    length, so a worker touches fewer row tiles and prepares fewer features (for 4 x 4 tiles on 2
+    workers, 7 preparations instead of 8). Only a preference: idle workers still take (steal) them."""
+    workers = sorted(c.scheduler_info()["workers"])
+    if len(workers) < 2:
+        return [None] * n
+    return [[workers[k * len(workers) // n]] for k in range(n)]
+
+
 def run_on_dask(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan,
                 todo: list[tuple[int, int]], sink: object, client: object, bar: object) -> None:
     """Submit one task per tile pair in ``todo``; write each result into ``sink`` as it arrives."""
@@ -122,9 +132,10 @@ def run_on_dask(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan,
         e_f, x1_f = c.scatter([engine, x1], broadcast=True, hash=False)
         x2_f = x1_f if plan.symmetric else c.scatter(x2, broadcast=True, hash=False)
         target = getattr(sink, "file", None)
-        for i, j in todo:
+        for (i, j), where in zip(todo, _placement(c, len(todo))):
             f = c.submit(_tile_task, e_f, x1_f, x2_f, plan, i, j, token, target, pure=False,
-                         key=f"lazylab-ntk-{token}-{i}-{j}")
+                         key=f"lazylab-ntk-{token}-{i}-{j}", workers=where,
+                         allow_other_workers=where is not None)
             pending[f.key] = f
         done = as_completed(list(pending.values()))
         for fut in done:

@@ -192,7 +192,7 @@ EXPERIMENT = register(Experiment(
                 "training (data vs random inputs)",
     config=ChizatSpectrumConfig,
     presets={
-        "quick": Preset(sweep={"inputs": ["data", "random"], "seed": [0, 1, 2]}),
+        "quick": Preset(sweep={"inputs": ["data", "random"], "seed": [1, 2, 3]}),
         "paper": Preset(set={"dataset": "cifar10", "model": "vgg11", "n_probe": 500, "eta0": 1.0,
                              "epochs": 70},
                         sweep={"inputs": ["data", "random"]}),

@@ -157,3 +157,24 @@ def test_default_tile_is_capped_for_out():
     assert tile_jobs.tile_cap(50000, 1, "trace", torch.float32, None) == 8192
     assert tile_jobs.tile_cap(50000, 1, "trace", torch.float64, None) == 5792
     assert tile_jobs.tile_cap(10000, 1, "trace", torch.float32, "client") == 2500
+
+
+def test_shm_sink_roundtrip_and_no_room(tmp_path):
+    """ShmSink: tiles written through its file (as a Dask worker does) or shipped to ``write`` land
+    in the returned tensor (mirror included), the file is gone after ``result``; ``shm_dir``
+    refuses a directory without room (the caller then keeps the kernel in a plain tensor)."""
+    from lazylab.ntk.out_of_core import ShmSink, shm_dir
+    from lazylab.ntk.tile_jobs import TilePlan
+
+    assert shm_dir(10**18, str(tmp_path)) is None and shm_dir(10, str(tmp_path)) == str(tmp_path)
+    plan = TilePlan(5, 5, 3, True, "trace", 1, torch.float64)
+    sink = ShmSink(plan, str(tmp_path))
+    k = torch.randn(5, 5, dtype=torch.float64)
+    k = k + k.T
+    sink.file.put(1, 0, k[3:, :3])  # a worker's write
+    sink.mark(1, 0)
+    sink.write(0, 0, k[:3, :3])
+    sink.write(1, 1, k[3:, 3:])
+    out = sink.result()
+    assert torch.equal(out, k) and sink.done == {(0, 0), (1, 0), (1, 1)}
+    assert not sink.path.exists()

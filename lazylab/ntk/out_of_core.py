@@ -107,14 +107,13 @@ class TileFile:
             self._put(p.cols[j], p.rows[i], _transpose(blk, p.output).numpy())
 
 
-def shm_dir(nbytes: int) -> str | None:
-    """A RAM-backed directory (``/dev/shm``) with room for ``nbytes`` (+10 %), else None."""
-    for d in ("/dev/shm",):
-        try:
-            if os.access(d, os.W_OK) and shutil.disk_usage(d).free > 1.1 * nbytes:
-                return d
-        except OSError:
-            pass
+def shm_dir(nbytes: int, directory: str = "/dev/shm") -> str | None:
+    """``directory`` (RAM-backed on Linux) if writable with room for ``nbytes`` (+10 %), else None."""
+    try:
+        if os.access(directory, os.W_OK) and shutil.disk_usage(directory).free > 1.1 * nbytes:
+            return directory
+    except OSError:
+        pass
     return None
 
 

@@ -47,29 +47,17 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/baselines.py
+from baselines import tutorial_ntk  # noqa: E402
+
 from lazylab.ntk import ntk  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # ---- the baseline: torch.func tutorial ----------------------------------------------------------
-
-def tutorial_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def fnet_single(params, x):
-        return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0)
-
-    jac1 = vmap(jacrev(fnet_single), (None, 0))(params, x1)
-    jac1 = [j.flatten(2) for j in jac1.values()]
-    jac2 = vmap(jacrev(fnet_single), (None, 0))(params, x2)
-    jac2 = [j.flatten(2) for j in jac2.values()]
-    result = torch.stack([torch.einsum("Naf,Maf->NM", j1, j2) for j1, j2 in zip(jac1, jac2)])
-    return result.sum(0)
-
 
 # ---- models ------------------------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/baselines.py
+from baselines import tutorial_ntk  # noqa: E402
+
 from lazylab.ntk import ntk  # noqa: E402
 from lazylab.transformer import CausalDecoder  # noqa: E402
 
@@ -58,22 +61,6 @@ class GPT2Head(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.gpt(input_ids=ids, use_cache=False).last_hidden_state
         return self.head(h[:, -1])
-
-
-def tutorial_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """The torch.func tutorial's ``empirical_ntk_jacobian_contraction`` (trace NTK)."""
-    from torch.func import functional_call, jacrev, vmap
-
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def fnet_single(params, x):
-        return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0)
-
-    jac1 = vmap(jacrev(fnet_single), (None, 0))(params, x1)
-    jac1 = [j.flatten(2) for j in jac1.values()]
-    jac2 = vmap(jacrev(fnet_single), (None, 0))(params, x2)
-    jac2 = [j.flatten(2) for j in jac2.values()]
-    return torch.stack([torch.einsum("Naf,Maf->NM", a, b) for a, b in zip(jac1, jac2)]).sum(0)
 
 
 def auto_choice(model: nn.Module, x: torch.Tensor) -> str:

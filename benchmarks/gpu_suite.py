@@ -36,6 +36,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/baselines.py
+from baselines import tutorial_ntk  # noqa: E402
+
 import lazylab  # noqa: E402
 from lazylab.ntk import ntk  # noqa: E402
 from lazylab.regimes import weights  # noqa: E402
@@ -78,16 +81,7 @@ def resnet18_imagenet(out: int = 8, width: int = 64) -> nn.Module:
 
 def baseline_full(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """torch.func tutorial, Jacobian contraction, full kernel ``(N1, N2, O, O)``."""
-    from torch.func import functional_call, jacrev, vmap
-
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def f(p, x):
-        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
-
-    j1 = [j.flatten(2) for j in vmap(jacrev(f), (None, 0))(params, x1).values()]
-    j2 = [j.flatten(2) for j in vmap(jacrev(f), (None, 0))(params, x2).values()]
-    return sum(torch.einsum("Naf,Mbf->NMab", a, b) for a, b in zip(j1, j2))
+    return tutorial_ntk(model, x1, x2, output="full")
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:

@@ -195,3 +195,19 @@ def test_tile_tasks_prefer_contiguous_runs_per_worker(client):
     where = ntk_dask._placement(client, 10)
     names = [w[0] for w in where]
     assert names[:5] == [names[0]] * 5 and names[5:] == [names[5]] * 5 and names[0] != names[5]
+
+
+def test_local_cluster_workers_run_quiet(client):
+    """The workers of ``local_cluster`` got its QUIET settings (no 10 ms stack sampling, slow
+    ticks), and no MALLOC_TRIM_THRESHOLD_ from the nanny."""
+    import dask
+
+    def settings() -> tuple:
+        return (dask.config.get("distributed.worker.profile.enabled"),
+                dask.config.get("distributed.admin.tick.interval"),
+                dask.config.get("distributed.worker.memory.monitor-interval"),
+                os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+
+    got = client.run(settings)
+    assert len(got) == 2
+    assert set(got.values()) == {(False, "1s", "1s", None)}

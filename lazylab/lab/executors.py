@@ -352,27 +352,16 @@ class DaskExecutor(Executor):
 
     def __init__(self, address: str | None = None, workers: int = 1,
                  timeout: float = DASK_CONNECT_TIMEOUT_S, threads: int | None = 1):
-        import logging
-
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         self.threads = _check_threads(threads)
         self.address = address
         self.cluster = None
         if address is None:
-            workers = positive_int(workers, "--workers")
-            import dask
+            from lazylab.ntk.distributed import local_cluster
 
-            # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the workers, which turns off
-            # glibc's dynamic mmap threshold: every MB-sized tensor is then a fresh mmap + page
-            # faults. Measured: 2x the CPU time of a regimes-demo cell. Drop it.
-            environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-            environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                            processes=True, dashboard_address=None,
-                                            silence_logs=logging.ERROR)
-            self.client = Client(self.cluster)
+            workers = positive_int(workers, "--workers")
+            self.client, self.cluster = local_cluster(workers)
             self.workers = workers
             self.name = f"dask LocalCluster x{workers}"
         else:

@@ -65,11 +65,27 @@ def _tile_task(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan, i: int, j
     return i, j, blk
 
 
+# Wake-ups of Dask's own bookkeeping, every 10-100 ms in each worker and in the scheduler's
+# process: on a machine with no idle core each one preempts a tile task (tile tasks lost 0.26-0.38 s
+# of 6 s to waiting on 2 busy cores; 0.1 s with these; benchmarks/bench_ntk_dask.py). They feed
+# the dashboard, the statistical profiler and memory-based spilling, none of which a LocalCluster
+# started here uses (no dashboard; tile results are written in place, not held by Dask).
+QUIET = {
+    "distributed.worker.profile.enabled": False,             # stack sampling every 10 ms
+    "distributed.admin.tick.interval": "1s",                 # event-loop lag check, 20 ms
+    "distributed.worker.memory.monitor-interval": "1s",      # RSS poll, 100 ms (worker, nanny)
+    "distributed.admin.system-monitor.interval": "2s",       # dashboard counters, 500 ms
+    "distributed.admin.system-monitor.gil.enabled": False,   # GIL sampling (if gilknocker), 1 ms
+}
+
+
 def local_cluster(workers: int) -> tuple[object, object]:
-    """``(Client, LocalCluster)`` of ``workers`` single-threaded processes, no dashboard.
+    """``(Client, LocalCluster)`` of ``workers`` single-threaded processes, no dashboard, with the
+    :data:`QUIET` settings.
 
     Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to workers, which makes every MB-sized
-    tensor a fresh mmap (2x slower torch code, measured in lazylab.lab.executors); it is dropped.
+    tensor a fresh mmap (2x the CPU time of a regimes-demo cell); it is dropped. Also used by the
+    lab's :class:`~lazylab.lab.executors.DaskExecutor`.
     """
     import logging
 
@@ -80,9 +96,13 @@ def local_cluster(workers: int) -> tuple[object, object]:
         raise ValueError(f"client: a LocalCluster needs a positive number of workers, got {workers!r}")
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    # QUIET is set around the constructor (scheduler and nannies read it there) and also passed
+    # as the workers' config, so a worker that a nanny restarts after a crash gets it too: the
+    # nanny's copy of the config shares nested dicts that `dask.config.set` restores on exit.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **QUIET}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               config=dict(QUIET))
     return Client(cluster), cluster
 
 

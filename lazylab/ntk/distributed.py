@@ -17,7 +17,8 @@ the scheduler reruns those tasks on the remaining or restarted workers (Dask's
 
 ``client``: a ``distributed.Client``; ``"dask://HOST:PORT"`` or ``"tcp://HOST:PORT"`` (an existing
 ``dask scheduler``); or an int ``n`` for a fresh ``LocalCluster`` of ``n`` single-threaded worker
-processes, closed at the end. dask/distributed are imported only here, only when used.
+processes (:func:`local_cluster`, Dask's bookkeeping slowed by :data:`QUIET`), closed at the end.
+dask/distributed are imported only here, only when used.
 """
 
 from __future__ import annotations

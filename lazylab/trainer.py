@@ -16,7 +16,7 @@ from lazylab.regimes import _check_module
 from lazylab.training import hooks as H
 from lazylab.training import optim as O
 from lazylab.training.checkpoint import Checkpoint
-from lazylab.training.loop import DivergenceError, History, log_schedule, run
+from lazylab.training.loop import DivergenceError, History, LoopState, log_schedule, run
 from lazylab.training.losses import LOSSES, accuracy, loss_fn
 from lazylab.training.optim import OPTIMIZERS, SCHEDULES
 from lazylab.training.sources import Batches
@@ -25,26 +25,18 @@ __all__ = ["train", "History", "TrainState", "DivergenceError", "LOSSES", "OPTIM
            "SCHEDULES", "loss_fn", "log_schedule"]
 
 
-@dataclass
-class TrainState:
-    """What a tracker sees. ``objective`` = ``loss_scale * loss``."""
+@dataclass(kw_only=True)
+class TrainState(LoopState):
+    """What a tracker sees: the loop's :class:`~lazylab.training.loop.LoopState` (model, step,
+    epoch, lr, batch_loss, ``loss_scale`` ...) plus the data. ``objective`` = ``loss_scale * loss``."""
 
-    model: nn.Module
     X: Tensor
     y: Tensor
     X_test: Tensor | None
     y_test: Tensor | None
     loss: Callable[[Tensor, Tensor], Tensor]
-    loss_scale: float
     make_optimizer: Callable[[Sequence[Tensor]], torch.optim.Optimizer]
     eval_batch_size: int
-    step: int = 0
-    epoch: float = 0.0
-    lr: float = 0.0
-    batch_loss: float = float("nan")
-    aux: Any = None
-    generator: torch.Generator | None = None
-    optimizer: torch.optim.Optimizer | None = None
 
     def predict(self, model: nn.Module, X: Tensor) -> Tensor:
         """Outputs of ``model`` on ``X`` in batches of ``eval_batch_size`` (no grad)."""
@@ -284,7 +276,8 @@ def train(
     _probe(model, X, y, crit)
     scale = float(getattr(model, "loss_scale", 1.0) if loss_scale is None else loss_scale)
     params = _trainable(model)
-    state = TrainState(model, X, y, X_test, y_test, crit, scale, spec.build, eval_batch_size)
+    state = TrainState(model=model, loss_scale=scale, X=X, y=y, X_test=X_test, y_test=y_test,
+                       loss=crit, make_optimizer=spec.build, eval_batch_size=eval_batch_size)
     history = History(config=dict(loss=str(loss), optimizer=getattr(optimizer, "name", optimizer),
                                   lr=spec.lr, steps=total, batch_size=bs, momentum=momentum,
                                   weight_decay=weight_decay, schedule=str(schedule), beta=beta,

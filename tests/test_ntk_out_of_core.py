@@ -178,3 +178,21 @@ def test_shm_sink_roundtrip_and_no_room(tmp_path):
     out = sink.result()
     assert torch.equal(out, k) and sink.done == {(0, 0), (1, 0), (1, 1)}
     assert not sink.path.exists()
+
+
+def test_shm_sink_reservation_error_surfaces_in_ready(tmp_path, monkeypatch):
+    """The space reservation runs in a thread; its failure (a full tmpfs) is raised by ``ready``
+    in the caller, which a Dask run calls before submitting any tile, and the file is removed."""
+    import errno
+
+    from lazylab.ntk import out_of_core
+    from lazylab.ntk.tile_jobs import TilePlan
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(out_of_core.os, "posix_fallocate", full)
+    sink = out_of_core.ShmSink(TilePlan(5, 5, 3, True, "trace", 1, torch.float64), str(tmp_path))
+    with pytest.raises(OSError, match="No space left"):
+        sink.ready()
+    assert not sink.path.exists()

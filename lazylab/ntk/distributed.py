@@ -69,8 +69,8 @@ def _tile_task(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan, i: int, j
 # Wake-ups of Dask's own bookkeeping, every 10-100 ms in each worker and in the scheduler's
 # process: on a machine with no idle core each one preempts a tile task (tile tasks lost 0.26-0.38 s
 # of 6 s to waiting on 2 busy cores; 0.1 s with these; benchmarks/bench_ntk_dask.py). They feed
-# the dashboard, the statistical profiler and memory-based spilling, none of which a LocalCluster
-# started here uses (no dashboard; tile results are written in place, not held by Dask).
+# the dashboard (none here), the statistical profiler (off) and the memory monitor (spilling,
+# pausing, and restarting a worker near its memory limit: still on, polled once a second).
 QUIET = {
     "distributed.worker.profile.enabled": False,             # stack sampling every 10 ms
     "distributed.admin.tick.interval": "1s",                 # event-loop lag check, 20 ms

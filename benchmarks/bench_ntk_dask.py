@@ -12,7 +12,8 @@ machine: two independent processes computing half the rows each in the same tile
 one of them alone (what two cores give two processes with no scheduler between them; shared memory
 bandwidth and cache can make it less than 2).
 
-Usage: ``python benchmarks/bench_ntk_dask.py [--n 10000] [--block B] [--repeat 3]``.
+Usage: ``python benchmarks/bench_ntk_dask.py [--n 10000] [--block B] [--repeat 3]
+[--widths 784 512 512 1] [--method auto]``.
 """
 
 from __future__ import annotations
@@ -31,22 +32,28 @@ import lazylab  # noqa: E402
 from lazylab.ntk.distributed import local_cluster  # noqa: E402
 
 
-def _half(n: int, half: int, block: int, repeat: int, start: object, q: object) -> None:
+def _problem(widths: list[int], n: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The benchmark's MLP and inputs (seed 0): the same in every process."""
+    torch.manual_seed(0)
+    return lazylab.MLP(widths), torch.randn(n, widths[0])
+
+
+def _half(n: int, half: int, block: int, repeat: int, widths: list[int], method: str,
+          start: object, q: object) -> None:
     """One independent process: the rows ``half`` of ``K(X, X)`` (half the work) in tiles of
     ``block`` (the Dask run's tile side), timed ``repeat`` times, each start synchronised."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model, x = lazylab.MLP([784, 512, 512, 1]), torch.randn(n, 784)
+    model, x = _problem(widths, n)
     rows = x[: n // 2] if half == 0 else x[n // 2:]
-    lazylab.ntk(model, rows[:64], x[:64], progress=False)
+    lazylab.ntk(model, rows[:64], x[:64], method=method, progress=False)
     for _ in range(repeat):
         start.wait()
         t = time.perf_counter()
-        lazylab.ntk(model, rows, x, block_size=block, progress=False)
+        lazylab.ntk(model, rows, x, method=method, block_size=block, progress=False)
         q.put(time.perf_counter() - t)
 
 
-def ceiling(n: int, block: int, repeat: int) -> float:
+def ceiling(n: int, block: int, repeat: int, widths: list[int], method: str) -> float:
     """What 2 cores give to 2 independent processes: ``2 * t(one half alone) / t(both halves at
     once)``, each half ``K(X[half], X)`` computed in-process in the Dask run's tiles, each time the
     median of ``repeat``. Memory bandwidth and cache shared by the two cores can make this less than
@@ -56,7 +63,8 @@ def ceiling(n: int, block: int, repeat: int) -> float:
     times = []
     for halves in ([0], [0, 1]):
         start, q = ctx.Barrier(len(halves) + 1), ctx.Queue()
-        procs = [ctx.Process(target=_half, args=(n, h, block, repeat, start, q)) for h in halves]
+        procs = [ctx.Process(target=_half, args=(n, h, block, repeat, widths, method, start, q))
+                 for h in halves]
         for p in procs:
             p.start()
         runs = []
@@ -86,19 +94,21 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=None, help="tile side (default: N / 4)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=3, help="timed calls per row; the median is shown")
+    ap.add_argument("--widths", type=int, nargs="+", default=[784, 512, 512, 1], help="MLP widths")
+    ap.add_argument("--method", default="auto", help="ntk method (auto, structured, jacobian, ntvp)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model, x = lazylab.MLP([784, 512, 512, 1]), torch.randn(args.n, 784)
+    model, x = _problem(args.widths, args.n)
+    kw = dict(method=args.method, progress=False)
 
-    sec, ref = _timed(lambda: lazylab.ntk(model, x, progress=False), args.repeat)
+    sec, ref = _timed(lambda: lazylab.ntk(model, x, **kw), args.repeat)
     rows = [("in-process (1 thread)", sec, 0.0)]
     for w in args.workers:
         c, cluster = local_cluster(w)
         try:
-            lazylab.ntk(model, x[:64], client=c, progress=False)  # workers import torch, lazylab
+            lazylab.ntk(model, x[:64], client=c, **kw)  # workers import torch, lazylab
             sec, k = _timed(lambda c=c: lazylab.ntk(model, x, client=c, block_size=args.block,
-                                                    progress=False), args.repeat)
+                                                    **kw), args.repeat)
         finally:
             c.close()
             cluster.close()
@@ -106,7 +116,8 @@ def main() -> None:
         rows.append((f"Dask LocalCluster, {w} worker{'s' if w > 1 else ''}", sec, err))
         del k
     base = rows[0][1]
-    print(f"\nTraced NTK of MLP 784-512-512-1, N={args.n} ({args.n}x{args.n} float32); "
+    print(f"\nTraced NTK of MLP {'-'.join(map(str, args.widths))} (method {args.method}), "
+          f"N={args.n} ({args.n}x{args.n} float32); "
           f"loadavg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'run':<32}{'seconds':>10}{'vs in-process':>15}{'max rel diff':>14}")
     for name, sec, err in rows:
@@ -117,7 +128,7 @@ def main() -> None:
         print(f"2 workers over 1 worker: {one / two:.2f}x")
         block = args.block or math.ceil(args.n / 4)
         print(f"reference (2 independent processes, half the rows each in the same tiles, over 1): "
-              f"{ceiling(args.n, block, args.repeat):.2f}x")
+              f"{ceiling(args.n, block, args.repeat, args.widths, args.method):.2f}x")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def _half(n: int, half: int, block: int, repeat: int, widths: list[int], method:
         q.put(time.perf_counter() - t)
 
 
-def ceiling(n: int, block: int, repeat: int, widths: list[int], method: str) -> float:
+def reference(n: int, block: int, repeat: int, widths: list[int], method: str) -> float:
     """What 2 cores give to 2 independent processes: ``2 * t(one half alone) / t(both halves at
     once)``, each half ``K(X[half], X)`` computed in-process in the Dask run's tiles, each time the
     median of ``repeat``. Memory bandwidth and cache shared by the two cores can make this less than
@@ -128,7 +128,7 @@ def main() -> None:
         print(f"2 workers over 1 worker: {one / two:.2f}x")
         block = args.block or math.ceil(args.n / 4)
         print(f"reference (2 independent processes, half the rows each in the same tiles, over 1): "
-              f"{ceiling(args.n, block, args.repeat, args.widths, args.method):.2f}x")
+              f"{reference(args.n, block, args.repeat, args.widths, args.method):.2f}x")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def run_on_dask(engine: object, x1: Tensor, x2: Tensor, plan: TilePlan,
     try:
         e_f, x1_f = c.scatter([engine, x1], broadcast=True, hash=False)
         x2_f = x1_f if plan.symmetric else c.scatter(x2, broadcast=True, hash=False)
-        getattr(sink, "ready", lambda: None)()  # a ShmSink's reservation ran during the scatter
+        sink.ready()  # a ShmSink's space reservation ran during the scatter
         target = getattr(sink, "file", None)
         for (i, j), where in zip(todo, _placement(c, len(todo))):
             f = c.submit(_tile_task, e_f, x1_f, x2_f, plan, i, j, token, target, pure=False,

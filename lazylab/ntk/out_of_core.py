@@ -241,6 +241,9 @@ class TileStore:
         self.done.add((i, j))
         self._save()
 
+    def ready(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -3,7 +3,9 @@
 ``ntk(..., out=PATH)`` and ``ntk(..., client=...)`` land here. The kernel ``x1 x x2`` is cut into
 ``b x b`` tiles (only the lower triangle ``j <= i`` when ``x2`` is None); each tile pair ``(i, j)``
 is one job ``K[r_i, c_j] = block(prepare(x1[r_i]), prepare(x2[c_j]))`` whose result is written by a
-*sink*: :class:`MemorySink` (a tensor), :class:`lazylab.ntk.out_of_core.TileStore` (a ``.npy``
+*sink* (``write`` a tile; ``ready`` before the first; ``result``; ``close``; a sink with a ``file``
+also ``mark``-s tiles a worker wrote into it):
+:class:`MemorySink` (a tensor), :class:`lazylab.ntk.out_of_core.TileStore` (a ``.npy``
 file with a record of finished tiles) or, for an in-RAM kernel computed on Dask,
 :class:`lazylab.ntk.out_of_core.ShmSink` (a file in ``/dev/shm`` that workers on this machine write
 into themselves, so tiles never travel to the client). Jobs already recorded as finished are skipped, so an
@@ -131,6 +133,9 @@ class MemorySink:
 
     def result(self) -> Tensor:
         return self.out
+
+    def ready(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
